@@ -1,0 +1,194 @@
+"""The one generator interface every defect generator implements.
+
+A generator is fitted on the generator-training defects of a category (role ``gen_train_defect`` in
+the split manifest, never an evaluation image) plus normal images, and saves an *artifact
+directory* whose content hash identifies it in every sample's lineage. It then turns batches of
+(normal image, synthesized mask/trimap, defect type, seed) into (image, final mask) pairs, where
+the final mask describes the defect that was actually drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from anoaug.data.io import load_image, load_mask
+from anoaug.data.records import CategoryData
+from anoaug.data.split import SplitManifest
+from anoaug.errors import AnoaugError
+
+ARTIFACT_FILE = "artifact.json"
+
+
+@dataclass
+class DefectExample:
+    """One real generator-training defect."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    defect_type: str
+    relpath: str
+
+
+@dataclass
+class FitData:
+    """What a generator may learn from: generator-training defects and normal training images."""
+
+    category: str
+    kind: str  # "object" or "texture"
+    defects: list[DefectExample]
+    normal_paths: list[Path]
+    foreground_fn: Callable[[np.ndarray], np.ndarray] | None = None  # image -> (H, W) bool
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({d.defect_type for d in self.defects})
+
+    def normal_images(self, limit: int | None = None) -> list[np.ndarray]:
+        return [load_image(p) for p in self.normal_paths[:limit]]
+
+    @classmethod
+    def from_split(cls, data: CategoryData, split: SplitManifest, kind: str = "object") -> FitData:
+        """Build from a category and its split manifest: only gen_train_defect and train_normal rows."""
+        defects = [
+            DefectExample(
+                image=load_image(data.path(r["relpath"])),
+                mask=load_mask(data.path(r["mask_relpath"])),
+                defect_type=r["label"],
+                relpath=r["relpath"],
+            )
+            for r in split.rows("gen_train_defect")
+        ]
+        normals = [data.path(r["relpath"]) for r in split.rows("train_normal")]
+        return cls(category=data.category, kind=kind, defects=defects, normal_paths=normals)
+
+
+@dataclass
+class GenerationRequest:
+    """One sample to generate."""
+
+    normal: np.ndarray  # (H, W, 3) uint8, the normal image to draw the defect on
+    mask: np.ndarray  # (H, W) bool, where the defect should be
+    defect_type: str
+    seed: int
+    trimap: np.ndarray | None = None  # (H, W) uint8: 255 defect, 127 object, 0 background
+
+
+@dataclass
+class GenerationResult:
+    """One generated sample; `mask` is the final mask of what was actually drawn."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable, generator-specific lineage
+
+
+class GeneratorError(AnoaugError):
+    """A generator could not be fitted, loaded or run."""
+
+
+class Generator(ABC):
+    """Base class: subclasses set `name`, implement `_fit`, `_load` and `generate`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params: dict[str, Any] = dict(params or {})
+        self.artifact_dir: Path | None = None
+        self.artifact_hash: str | None = None
+
+    def fit(self, data: FitData, out_dir: str | Path, seed: int = 0) -> Path:
+        """Learn from `data`, write the artifact directory, and return it (content-hashed)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._fit(data, out, seed)
+        meta = {
+            "generator": self.name,
+            "params": self.params,
+            "category": data.category,
+            "kind": data.kind,
+            "seed": seed,
+            "defect_types": data.defect_types,
+            "train_defects": sorted(d.relpath for d in data.defects),
+        }
+        _atomic_write_text(out / ARTIFACT_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
+        self.artifact_dir = out
+        self.artifact_hash = artifact_hash(out)
+        return out
+
+    @classmethod
+    def load(cls, artifact_dir: str | Path) -> Generator:
+        """Load a fitted generator from its artifact directory."""
+        artifact_dir = Path(artifact_dir)
+        meta_path = artifact_dir / ARTIFACT_FILE
+        if not meta_path.is_file():
+            raise GeneratorError(f"not a generator artifact (no {ARTIFACT_FILE})", artifact_dir)
+        meta = json.loads(meta_path.read_text())
+        if meta.get("generator") != cls.name:
+            raise GeneratorError(f"artifact is for generator '{meta.get('generator')}', not '{cls.name}'", meta_path)
+        gen = cls(meta.get("params"))
+        gen._load(artifact_dir, meta)
+        gen.artifact_dir = artifact_dir
+        gen.artifact_hash = artifact_hash(artifact_dir)
+        return gen
+
+    @abstractmethod
+    def _fit(self, data: FitData, out_dir: Path, seed: int) -> None: ...
+
+    @abstractmethod
+    def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate one result per request, deterministic given each request's seed."""
+
+
+def artifact_hash(artifact_dir: str | Path) -> str:
+    """sha256 over the relative paths and bytes of every file in an artifact directory (first 16 hex)."""
+    root = Path(artifact_dir)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+_REGISTRY: dict[str, type[Generator]] = {}
+
+
+def register(cls: type[Generator]) -> type[Generator]:
+    """Class decorator: make a generator selectable by its `name` in specs and on the CLI."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_generator(name: str) -> type[Generator]:
+    """The generator class registered under `name`."""
+    import anoaug.generators  # noqa: F401  (imports every built-in generator module)
+
+    if name not in _REGISTRY:
+        raise GeneratorError(f"unknown generator '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available_generators() -> list[str]:
+    import anoaug.generators  # noqa: F401
+
+    return sorted(_REGISTRY)

@@ -1,0 +1,255 @@
+"""Declarative pipeline specs: `pipelines/<dataset>/<category>.yaml` merged over `defaults.yaml`.
+
+A spec names the dataset, the category, one seed, and a section per stage. Unknown keys are
+errors (a typo must never be silently ignored), reported with the key path and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anoaug.errors import SpecError
+
+PIPELINES_ENV = "ANOAUG_PIPELINES"
+DATA_ROOT_ENV = "ANOAUG_DATA_ROOT"
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSection(Section):
+    name: str = Field(description="Dataset name: mvtec, visa, demo, or your own.")
+    format: Literal["mvtec", "visa", "folder", "auto"] = "auto"
+    root: str | None = Field(
+        default=None,
+        description="Dataset root. Overridden by the env var named in root_env, then by --data-root.",
+    )
+    root_env: str = Field(default=DATA_ROOT_ENV, description="Environment variable that sets the root.")
+    category: str = ""
+    kind: Literal["object", "texture", "auto"] = "auto"
+
+
+class SplitSection(Section):
+    gen_train_fraction: float = Field(default=1 / 3, gt=0, lt=1)
+    min_gen_train: int = Field(default=1, ge=1)
+    min_eval: int = Field(default=1, ge=1)
+
+
+class ForegroundSection(Section):
+    method: Literal["auto", "threshold", "border", "grabcut", "whole", "model"] = "auto"
+    channel: Literal["gray", "saturation", "value", "lab_l", "auto"] = "auto"
+    blur: int = Field(default=5, ge=0)
+    closing: int = Field(default=7, ge=0)
+    model_path: str | None = None
+
+
+class MasksSection(Section):
+    source: Literal["bank", "perlin", "learned"] = "bank"
+    placement: Literal["foreground", "free", "auto"] = "auto"
+    rotation: tuple[float, float] = (0.0, 360.0)
+    scale: tuple[float, float] = (0.85, 1.15)
+    erode: int = Field(default=2, ge=0, description="Erode the foreground by this many pixels first.")
+    max_attempts: int = Field(default=50, ge=1)
+    split_components: bool = False
+    foreground: ForegroundSection = Field(default_factory=ForegroundSection)
+
+    @field_validator("rotation", "scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"range must be (low, high), got {v}")
+        return v
+
+
+class GeneratorSection(Section):
+    name: str = "cutpaste"
+    params: dict[str, Any] = Field(default_factory=dict, description="Generator-specific settings.")
+
+
+class GenerationSection(Section):
+    count_per_type: int = Field(default=100, ge=1)
+    shard_size: int = Field(default=500, ge=1)
+    workers: int = Field(default=1, ge=1)
+
+
+class EvaluationSection(Section):
+    arms: list[str] = Field(default_factory=lambda: ["none", "real-few", "cutpaste"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    models: list[str] = Field(default_factory=lambda: ["segmenter"])
+    image_size: int = Field(default=128, ge=16)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleSection(Section):
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+class PipelineSpec(Section):
+    """A whole per-category pipeline."""
+
+    dataset: DatasetSection
+    seed: int = 0
+    profile: Literal["cpu-tiny", "gpu"] = "cpu-tiny"
+    split: SplitSection = Field(default_factory=SplitSection)
+    masks: MasksSection = Field(default_factory=MasksSection)
+    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    source: str | None = Field(default=None, description="Files the spec was read from (set by the loader).")
+
+    @model_validator(mode="after")
+    def _category_set(self) -> PipelineSpec:
+        if not self.dataset.category:
+            raise ValueError("dataset.category must be set")
+        return self
+
+    def resolve_root(self, override: str | Path | None = None) -> Path:
+        """The dataset root: --data-root, else the env var in dataset.root_env, else dataset.root."""
+        for candidate, origin in (
+            (override, "--data-root"),
+            (os.environ.get(self.dataset.root_env), f"${self.dataset.root_env}"),
+            (self.dataset.root, f"dataset.root in {self.source}"),
+        ):
+            if candidate:
+                path = Path(os.path.expanduser(str(candidate)))
+                if not path.is_dir():
+                    raise SpecError(f"dataset root does not exist (set by {origin})", path)
+                return path
+        raise SpecError(
+            f"no dataset root for {self.dataset.name}/{self.dataset.category}: pass --data-root, "
+            f"set ${self.dataset.root_env}, or set dataset.root in {self.source}"
+        )
+
+
+def pipelines_dir() -> Path:
+    """Where specs live: $ANOAUG_PIPELINES, else ./pipelines, else the repository's pipelines/."""
+    env = os.environ.get(PIPELINES_ENV)
+    if env:
+        return Path(env)
+    cwd = Path.cwd() / "pipelines"
+    if cwd.is_dir():
+        return cwd
+    return Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", path) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping at the top level", path)
+    return data
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def spec_files(name_or_path: str | Path) -> list[Path]:
+    """The files a spec reference resolves to, lowest precedence first."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SpecError("spec file not found", path)
+        defaults = path.parent / "defaults.yaml"
+        return [defaults, path] if defaults.is_file() and defaults != path else [path]
+    parts = str(name_or_path).strip("/").split("/")
+    if len(parts) != 2:
+        raise SpecError(f"spec reference must be <dataset>/<category> or a .yaml path, got '{name_or_path}'")
+    root = pipelines_dir()
+    file = root / parts[0] / f"{parts[1]}.yaml"
+    if not file.is_file():
+        raise SpecError(f"no spec for '{name_or_path}' (looked in {root}; set ${PIPELINES_ENV})", file)
+    defaults = root / parts[0] / "defaults.yaml"
+    return [defaults, file] if defaults.is_file() else [file]
+
+
+def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineSpec:
+    """Load, merge and validate a spec; `overrides` is a nested dict applied last."""
+    files = spec_files(name_or_path)
+    merged: dict[str, Any] = {}
+    for file in files:
+        merged = deep_merge(merged, _read_yaml(file))
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    merged.pop("source", None)
+    try:
+        spec = PipelineSpec.model_validate(merged)
+    except ValidationError as exc:
+        # Attribute the error to the file that holds the offending key (last one wins).
+        loc = exc.errors()[0]["loc"]
+        holders = [f for f in files if _has_path(_read_yaml(f), loc)]
+        culprit = holders[-1] if holders else files[-1]
+        raise SpecError(_format_validation_error(exc), culprit) from None
+    spec.source = " + ".join(str(f) for f in files)
+    return spec
+
+
+def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
+    for key in loc:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+            data = data[key]
+        else:
+            return False
+    return True
+
+
+def spec_for_root(root: str | Path, category: str, dataset: str = "folder", **sections: Any) -> PipelineSpec:
+    """A spec for a bare dataset root given on the command line (no YAML file)."""
+    data = deep_merge({"dataset": {"name": dataset, "root": str(root), "category": category}}, sections)
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(exc)) from None
+    spec.source = f"<root {root}>"
+    return spec
+
+
+def resolve_spec(spec_or_root: str | Path, category: str | None = None) -> PipelineSpec:
+    """Commands accept a spec reference (`mvtec/bottle`, a .yaml) or a dataset root + --category."""
+    p = Path(spec_or_root)
+    if p.is_dir():
+        if not category:
+            raise SpecError("a dataset root needs --category", p)
+        return spec_for_root(p, category, dataset="auto")
+    spec = load_spec(spec_or_root)
+    if category and category != spec.dataset.category:
+        raise SpecError(f"--category {category} does not match the spec's category {spec.dataset.category}")
+    return spec
