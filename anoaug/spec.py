@@ -17,6 +17,7 @@ from anoaug.errors import SpecError
 
 PIPELINES_ENV = "ANOAUG_PIPELINES"
 DATA_ROOT_ENV = "ANOAUG_DATA_ROOT"
+REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 class Section(BaseModel):
@@ -44,11 +45,23 @@ class SplitSection(Section):
 
 
 class ForegroundSection(Section):
+    """Where a normal image's object is (anoaug.masks.foreground); textures use the whole image."""
+
     method: Literal["auto", "threshold", "border", "grabcut", "whole", "model"] = "auto"
     channel: Literal["gray", "saturation", "value", "lab_l", "auto"] = "auto"
-    blur: int = Field(default=5, ge=0)
-    closing: int = Field(default=7, ge=0)
-    model_path: str | None = None
+    blur: int = Field(default=5, ge=0, description="Gaussian blur kernel (px, 0 = off) before thresholding.")
+    closing: int = Field(default=7, ge=0, description="Morphological closing kernel (px, 0 = off).")
+    opening: int = Field(default=3, ge=0, description="Morphological opening kernel (px, 0 = off).")
+    fill_holes: bool = True
+    largest_component: bool = True
+    border_width: int = Field(default=8, ge=1, description="Border strip (px) that models the background.")
+    border_threshold: float = Field(
+        default=4.0, gt=0, description="Mahalanobis distance (in Lab) from the border colour that is object."
+    )
+    grabcut_iters: int = Field(default=3, ge=1, le=20)
+    model_path: str | None = Field(default=None, description="TorchScript segmentation model (method: model).")
+    min_fraction: float = Field(default=0.02, ge=0, le=1, description="Flag objects covering less.")
+    max_fraction: float = Field(default=0.97, ge=0, le=1, description="Flag objects covering more.")
 
 
 class MasksSection(Section):
@@ -57,8 +70,13 @@ class MasksSection(Section):
     rotation: tuple[float, float] = (0.0, 360.0)
     scale: tuple[float, float] = (0.85, 1.15)
     erode: int = Field(default=2, ge=0, description="Erode the foreground by this many pixels first.")
-    max_attempts: int = Field(default=50, ge=1)
-    split_components: bool = False
+    max_attempts: int = Field(default=50, ge=1, description="Random affines tried per synthesized mask.")
+    attempts_per_mask: int = Field(default=10, ge=1, description="Affines tried before the next bank mask.")
+    split_components: bool = Field(
+        default=True, description="Split bank masks into connected components (see component_gap)."
+    )
+    component_gap: int = Field(default=3, ge=0, description="Components closer than this (px) stay together.")
+    min_component_area: int = Field(default=8, ge=1, description="Drop split components smaller than this.")
     foreground: ForegroundSection = Field(default_factory=ForegroundSection)
 
     @field_validator("rotation", "scale")
@@ -66,6 +84,13 @@ class MasksSection(Section):
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] > v[1]:
             raise ValueError(f"range must be (low, high), got {v}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError(f"scale must be > 0, got {v}")
         return v
 
 
@@ -81,13 +106,53 @@ class GenerationSection(Section):
 
 
 class EvaluationSection(Section):
-    arms: list[str] = Field(default_factory=lambda: ["none", "real-few", "cutpaste"])
+    """Downstream evaluation (anoaug.evaluation): arms x seeds x models, fixed schedules, no eval-set tuning."""
+
+    arms: list[str] = Field(
+        default_factory=lambda: ["none", "real-few", "cutpaste"],
+        description="'none' (one-class), 'real-few' (the gen_train_defect images), a generator name "
+        "(its shards), or '<generator>+real' (its shards plus the real few).",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    models: list[str] = Field(default_factory=lambda: ["segmenter"])
+    models: list[str] = Field(
+        default_factory=lambda: ["segmenter"],
+        description="segmenter, classifier (defect type, AC), padim, patchcore (one-class baselines).",
+    )
     image_size: int = Field(default=128, ge=16)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], description="Segmenter U-Net widths.")
+    lr: float = Field(default=1e-3, gt=0)
+    focal_weight: float = Field(default=1.0, ge=0)
+    dice_weight: float = Field(default=1.0, ge=0)
+    max_synthetic_per_type: int = Field(default=60, ge=1, description="Synthetic pairs used per defect type.")
+    none_baseline: Literal["padim", "patchcore"] = Field(
+        default="padim", description="One-class model standing in for the segmenter in the 'none' arm."
+    )
+    pre_trained: bool = Field(
+        default=False, description="Pretrained backbones for anomalib models (needs weights on disk)."
+    )
+    classifier_image_size: int = Field(default=64, ge=16)
+    classifier_epochs: int = Field(default=8, ge=1)
+    num_threads: int = Field(default=2, ge=1, description="torch CPU threads.")
+    gpu: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "image_size": 256,
+            "epochs": 60,
+            "widths": [32, 64, 128, 256],
+            "classifier_image_size": 224,
+            "classifier_epochs": 30,
+            "max_synthetic_per_type": 500,
+        },
+        description="Overrides applied to this section when the spec's profile is 'gpu'.",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+
+    def for_profile(self, profile: str) -> EvaluationSection:
+        """This section with the `gpu` overrides applied when profile == 'gpu' (validated)."""
+        if profile != "gpu" or not self.gpu:
+            return self
+        return EvaluationSection.model_validate({**self.model_dump(), **self.gpu})
 
 
 class ScheduleSection(Section):
@@ -141,7 +206,7 @@ def pipelines_dir() -> Path:
     cwd = Path.cwd() / "pipelines"
     if cwd.is_dir():
         return cwd
-    return Path(__file__).resolve().parents[1] / "pipelines"
+    return REPO_PIPELINES
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
