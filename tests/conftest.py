@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,52 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")
     make_demo_dataset(root, seed=0)
     return root
+
+
+def write_tiny_mvtec(
+    root: Path,
+    category: str = "widget",
+    n_train: int = 3,
+    n_test_good: int = 2,
+    defects: dict[str, int] | None = None,
+    size: int = 32,
+) -> Path:
+    """Write a tiny, valid MVTec-AD-layout dataset under ``root`` and return ``root``.
+
+    Defect images get a square 0/255 mask in ``ground_truth/<defect>/<stem>_mask.png``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    defects = {"scratch": 2, "dent": 1} if defects is None else defects
+    rng = np.random.default_rng(0)
+    cat = root / category
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+    for i in range(n_train):
+        image(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        image(cat / "test" / "good" / f"{i:03d}.png")
+    for name, n in defects.items():
+        for i in range(n):
+            image(cat / "test" / name / f"{i:03d}.png")
+            mask = np.zeros((size, size), np.uint8)
+            mask[4:12, 4:12] = 255
+            (cat / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(cat / "ground_truth" / name / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def tiny_mvtec(tmp_path: Path) -> Path:
+    """Tiny valid MVTec-layout dataset: category ``widget``, 3 train good, 2 test good, 2 scratch, 1 dent."""
+    return write_tiny_mvtec(tmp_path / "mvtec")
+
+
+@pytest.fixture
+def make_mvtec() -> Callable[..., Path]:
+    """The ``write_tiny_mvtec(root, category=..., n_train=..., defects={...})`` builder itself."""
+    return write_tiny_mvtec

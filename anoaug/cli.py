@@ -1,0 +1,217 @@
+"""The `anoaug` command line: one command per pipeline stage, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from anoaug.errors import AnoaugError
+
+app = typer.Typer(
+    name="anoaug",
+    help="Few-shot synthetic defects for industrial inspection, and the measured gain they bring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(help="Pipeline specs (pipelines/<dataset>/<category>.yaml).", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn AnoaugError into one red line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AnoaugError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+# --- commands ---------------------------------------------------------------------------------
+# Each stage adds its command below, as a few lines over a library function.
+
+
+@app.command("validate")
+@user_errors
+def validate_cmd(
+    root: Annotated[Path, typer.Argument(help="Dataset root.")],
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Only this category.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mvtec, visa, folder or auto.")] = "auto",
+    mask_tolerance: Annotated[
+        int,
+        typer.Option(
+            "--mask-tolerance", min=0, max=127, help="Mask values within N of 0 or 255 count as binary."
+        ),
+    ] = 10,  # = anoaug.data.validation.DEFAULT_MASK_TOLERANCE (not imported here: keeps start-up fast)
+) -> None:
+    """Check a dataset: one line per problem on stderr and exit 1, else a summary line per category."""
+    from rich.markup import escape
+
+    from anoaug.data.formats import list_categories, read_category, resolve_format
+    from anoaug.data.validation import summarize, validate_dataset
+    from anoaug.errors import DatasetError
+
+    fmt = resolve_format(root, fmt)  # missing root / unknown layout: one line, exit 2
+    categories = list_categories(root, fmt)
+    if category is not None:
+        if category not in categories:
+            known = ", ".join(categories) or "none"
+            raise DatasetError(f"category {category!r} not found ({fmt} layout; categories: {known})", root)
+        categories = [category]
+    problems = validate_dataset(root, category, fmt, mask_threshold=mask_tolerance)
+    for problem in problems:
+        err_console.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+    errors = sum(p.is_error for p in problems)
+    if errors:
+        summary = f"[red]{errors} problem(s)[/red] in {escape(str(root))}"
+        err_console.print(summary, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+    for name in categories:
+        counts = summarize(read_category(root, name, fmt))
+        text = ", ".join(f"{n} {escape(k)}" for k, n in counts.items())
+        line = f"[green]ok[/green] [bold]{escape(name)}[/bold] ({fmt}): {text}"
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@spec_app.command("show")
+@user_errors
+def spec_show(
+    spec: Annotated[str, typer.Argument(help="<dataset>/<category> (e.g. mvtec/bottle) or a .yaml path.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the merged, validated spec."""
+    import json
+
+    import yaml
+
+    from anoaug.spec import load_spec
+
+    s = load_spec(spec)
+    data = s.model_dump(mode="json")
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(f"[dim]# from {s.source}[/dim]", highlight=False, soft_wrap=True)
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+@app.command("split")
+@user_errors
+def split_cmd(
+    root: Annotated[Path, typer.Argument(help="Dataset root.")],
+    category: Annotated[str, typer.Option("--category", "-c", help="Category to split.")],
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Manifest path (default data_manifests/...).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mvtec, visa, folder or auto.")] = "auto",
+    fraction: Annotated[float, typer.Option(help="Share of each defect type for generator training.")] = 1 / 3,
+) -> None:
+    """Write the leak-free split manifest (Parquet) of one category."""
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import default_split_path, ensure_split
+
+    data = read_category(root, category, fmt)
+    path = out or default_split_path(data.dataset, category, seed)
+    manifest, written = ensure_split(data, seed, path, fraction=fraction)
+    counts: dict[str, int] = {}
+    for role in manifest.table.column("role").to_pylist():
+        counts[role] = counts.get(role, 0) + 1
+    verb = "wrote" if written else "reused (unchanged dataset)"
+    console.print(f"{verb} {path}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), highlight=False)
+
+
+@app.command("demo-data")
+@user_errors
+def demo_data_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Dataset root to write (MVTec AD layout).")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives byte-identical files.")] = 0,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", "-c", help="Only this category (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing, non-empty category folders.")] = False,
+) -> None:
+    """Write the embedded procedural demo dataset (fabric, cap); nothing is downloaded."""
+    from rich.markup import escape
+
+    from anoaug.data.demo import CATEGORIES, make_demo_dataset
+
+    written = make_demo_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
+    for name in written:
+        cat = out_dir / name
+        train = len(list((cat / "train" / "good").glob("*.png")))
+        test = len(list((cat / "test" / "good").glob("*.png")))
+        defects = ", ".join(f"{len(list((cat / 'test' / d).glob('*.png')))} {d}" for d in CATEGORIES[name])
+        line = f"[green]wrote[/green] [bold]{escape(name)}[/bold]: {train} train good, {test} test good"
+        console.print(f"{line}, {defects}", highlight=False, soft_wrap=True)
+    console.print(f"dataset root: {escape(str(out_dir))}", highlight=False, soft_wrap=True)
+
+
+@app.command("masks")
+@user_errors
+def masks_cmd(
+    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a spec .yaml, or a dataset root.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never inside the dataset).")],
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Category (needed with a root).")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Masks to synthesize (types in turn).")] = 100,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the spec's).")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="object or texture (default: spec, else auto).")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
+) -> None:
+    """Synthesize defect masks inside the foreground: masks, trimaps, masks.parquet, summary.json, contact sheet."""
+    from rich.markup import escape
+
+    from anoaug.masks import MaskError
+    from anoaug.masks.run import run_masks
+    from anoaug.spec import resolve_spec
+
+    if kind is not None and kind not in ("object", "texture"):
+        raise MaskError(f"--kind must be object or texture, got {kind!r}")
+    spec = resolve_spec(spec_or_root, category)
+    result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root)
+    s = result.summary
+    console.print(f"kind: [bold]{result.kind}[/bold] ({escape(result.kind_reason)})", highlight=False)
+    for dtype, t in s["per_type"].items():
+        console.print(
+            f"  {escape(dtype)}: {t['synthesized']} masks, acceptance {t['acceptance_rate']:.1%}, "
+            f"median area {t['area_synth'].get('median', 0):.0f} px (real {t['area_real'].get('median', 0):.0f})",
+            highlight=False,
+        )
+    flagged = s["foreground"]["flagged"]
+    if flagged:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {len(flagged)} normal image(s) have a suspicious foreground "
+            f"(see summary.json), e.g. {escape(flagged[0]['relpath'])}: {', '.join(flagged[0]['flags'])}",
+            highlight=False,
+        )
+    if result.failures:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {len(result.failures)} sample(s) failed: {escape(result.failures[0]['error'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"wrote {result.written} masks, acceptance {s['acceptance_rate']:.1%}, to {escape(str(result.out))}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="anoaug")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dataset layouts, records, validation, splits and the embedded demo dataset."""
