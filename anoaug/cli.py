@@ -162,15 +162,15 @@ def demo_data_cmd(
 @app.command("masks")
 @user_errors
 def masks_cmd(
-    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a spec .yaml, or a dataset root.")],
+    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a .yaml, or a dataset root.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never inside the dataset).")],
-    category: Annotated[str | None, typer.Option("--category", "-c", help="Category (needed with a root).")] = None,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Masks to synthesize (types in turn).")] = 100,
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Category (with a root).")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Masks to make (types in turn).")] = 100,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the spec's).")] = None,
-    kind: Annotated[str | None, typer.Option("--kind", help="object or texture (default: spec, else auto).")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="object or texture (default: spec).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
 ) -> None:
-    """Synthesize defect masks inside the foreground: masks, trimaps, masks.parquet, summary.json, contact sheet."""
+    """Synthesize defect masks in the foreground: masks, trimaps, masks.parquet, summary, contact sheet."""
     from rich.markup import escape
 
     from anoaug.masks import MaskError
@@ -184,9 +184,10 @@ def masks_cmd(
     s = result.summary
     console.print(f"kind: [bold]{result.kind}[/bold] ({escape(result.kind_reason)})", highlight=False)
     for dtype, t in s["per_type"].items():
+        synth_area, real_area = t["area_synth"].get("median", 0), t["area_real"].get("median", 0)
         console.print(
             f"  {escape(dtype)}: {t['synthesized']} masks, acceptance {t['acceptance_rate']:.1%}, "
-            f"median area {t['area_synth'].get('median', 0):.0f} px (real {t['area_real'].get('median', 0):.0f})",
+            f"median area {synth_area:.0f} px (real {real_area:.0f})",
             highlight=False,
         )
     flagged = s["foreground"]["flagged"]
@@ -197,8 +198,9 @@ def masks_cmd(
             highlight=False,
         )
     if result.failures:
+        first = escape(result.failures[0]["error"])
         err_console.print(
-            f"[yellow]warning:[/yellow] {len(result.failures)} sample(s) failed: {escape(result.failures[0]['error'])}",
+            f"[yellow]warning:[/yellow] {len(result.failures)} sample(s) failed: {first}",
             highlight=False,
             soft_wrap=True,
         )
@@ -206,6 +208,284 @@ def masks_cmd(
         f"wrote {result.written} masks, acceptance {s['acceptance_rate']:.1%}, to {escape(str(result.out))}",
         highlight=False,
     )
+
+
+@app.command("generate")
+@user_errors
+def generate_cmd(
+    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a spec .yaml, or a dataset root.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards (never inside the dataset).")],
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Category (needed with a root).")] = None,
+    generator: Annotated[
+        str | None, typer.Option("--generator", "-g", help="crop-paste, cutpaste, perlin, ... (default: spec's).")
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Samples per defect type.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Generation seed (default: the spec's).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Generating processes (one writer).")] = None,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="Samples per shard.")] = None,
+    artifact: Annotated[Path | None, typer.Option(help="Reuse this fitted generator artifact directory.")] = None,
+    split: Annotated[Path | None, typer.Option(help="Split manifest (default: data_manifests/..., else made).")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out instead of refusing.")] = False,
+) -> None:
+    """Fit a generator and write N synthetic (image, mask) pairs per defect type as resumable WebDataset shards.
+
+    Run the same command again after an interruption (even kill -9) to finish the run exactly.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
+    from anoaug.shards import generate_category
+    from anoaug.spec import resolve_spec
+
+    spec = resolve_spec(spec_or_root, category)
+    root = spec.resolve_root(data_root)
+    data = read_category(root, spec.dataset.category, spec.dataset.format)
+    s = spec.split
+    if split is not None:
+        manifest = read_split(split)
+    elif default_split_path(data.dataset, data.category, spec.seed).is_file():
+        manifest, _ = ensure_split(data, spec.seed, default_split_path(data.dataset, data.category, spec.seed))
+    else:
+        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+    name = generator or spec.generator.name
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(f"{data.category} / {name}", total=None)
+
+        def progress(advance: int, total: int | None) -> None:
+            bar.update(task, advance=advance, total=total)
+
+        summary = generate_category(
+            spec, data, manifest, name, out, count_per_type=count, seed=seed, workers=workers,
+            overwrite=overwrite, progress=progress, artifact_dir=artifact, shard_size=shard_size,
+        )  # fmt: skip
+    kept = f", kept {summary.kept} from an earlier run" if summary.kept else ""
+    console.print(
+        f"[green]wrote[/green] {summary.written} samples{kept}: {summary.total} = {summary.count_per_type} x "
+        f"{len(summary.defect_types)} type(s) ({escape(', '.join(summary.defect_types))}) in "
+        f"{len(summary.shards)} shard(s), {summary.seconds:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"generator {escape(summary.generator)}, artifact {summary.artifact_hash} "
+        f"({escape(str(summary.artifact_dir))}); manifests in {escape(str(summary.out_dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _shard_sources(arms: list[str], shards: list[str]) -> dict[str, Path | None]:
+    """Map each arm to its shard dir from `--shards NAME=DIR` pairs or one bare DIR (see `evaluate`)."""
+    from anoaug.errors import AnoaugError
+    from anoaug.evaluation import parse_arm
+
+    named: dict[str, Path] = {}
+    bare: list[Path] = []
+    for item in shards:
+        name, sep, path = item.partition("=")
+        if sep and name and path:
+            named[name] = Path(path)
+        else:
+            bare.append(Path(item))
+    if len(bare) > 1:
+        raise AnoaugError("give several shard dirs as --shards NAME=DIR")
+    gens = [parse_arm(a).generator for a in arms]
+    sources: dict[str, Path | None] = {}
+    for arm, gen in zip(arms, gens, strict=True):
+        if gen is None:
+            sources[arm] = None
+        elif arm in named or gen in named:
+            sources[arm] = named.get(arm, named.get(gen))
+        elif bare and (bare[0] / gen).is_dir():
+            sources[arm] = bare[0] / gen
+        elif bare and len({g for g in gens if g}) == 1:
+            sources[arm] = bare[0]
+        else:
+            raise AnoaugError(f"arm {arm!r} has no shards: pass --shards {gen}=DIR (or a DIR holding {gen}/)")
+    return sources
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a spec .yaml, or a dataset root.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Category (needed with a root).")] = None,
+    arms: Annotated[
+        str | None, typer.Option(help="Comma list: none,real-few,cutpaste,crop-paste+real,... (default: spec's).")
+    ] = None,
+    shards: Annotated[
+        list[str] | None,
+        typer.Option("--shards", help="NAME=DIR per generator arm (repeatable), or one DIR holding NAME/ dirs."),
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma list of seeds (default: spec's).")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma list: segmenter,classifier,padim,patchcore (default: spec's).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override evaluation.epochs.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=16, help="Override evaluation.image_size.")] = None,
+    split: Annotated[Path | None, typer.Option(help="Split manifest (default: data_manifests/..., else made).")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
+    report: Annotated[bool, typer.Option(help="Also write the report into the run directory.")] = True,
+) -> None:
+    """Measure the augmentation gain: train downstream models per arm and seed, test on held-out real defects."""
+    from rich.markup import escape
+
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
+    from anoaug.evaluation import run_evaluation
+    from anoaug.spec import EvaluationSection, resolve_spec
+
+    spec = resolve_spec(spec_or_root, category)
+    root = spec.resolve_root(data_root)
+    data = read_category(root, spec.dataset.category, spec.dataset.format)
+    s = spec.split
+    if split is not None:
+        manifest = read_split(split)
+    elif default_split_path(data.dataset, data.category, spec.seed).is_file():
+        manifest, _ = ensure_split(data, spec.seed, default_split_path(data.dataset, data.category, spec.seed))
+    else:
+        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+    update: dict[str, Any] = {}
+    if models:
+        update["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if epochs is not None:
+        update["epochs"] = epochs
+    if image_size is not None:
+        update["image_size"] = image_size
+    if update:
+        spec.evaluation = EvaluationSection.model_validate({**spec.evaluation.model_dump(), **update})
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else list(spec.evaluation.arms)
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    sources = _shard_sources(arm_list, shards or [])
+
+    def progress(msg: str) -> None:
+        err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False, soft_wrap=True)
+
+    run_dir = run_evaluation(spec, data, manifest, sources, out, seeds=seed_list, progress=progress)
+    console.print(f"[green]evaluated[/green] {escape(data.category)}: {escape(str(run_dir))}", highlight=False)
+    if report:
+        from anoaug.report import write_report
+
+        for kind, path in write_report(run_dir).items():
+            console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `anoaug evaluate`.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory (default: RUN_DIR).")] = None,
+) -> None:
+    """Write report.json, report.md, report.html (+ figures/) and results.csv for an evaluation run."""
+    from rich.markup import escape
+
+    from anoaug.report import write_report
+
+    for kind, path in write_report(run_dir, out).items():
+        console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
+# --- pipeline: `anoaug run`, `anoaug demo`, `anoaug serve` (Prefect flows in flows/, imported lazily) ---
+
+_RUN_TARGETS_HELP = (
+    "<dataset>/<category> (mvtec/bottle), a dataset (mvtec: all its categories), a .yaml spec, "
+    "or a dataset root with --category. Several run as a benchmark with one summary."
+)
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    targets: Annotated[list[str], typer.Argument(help=_RUN_TARGETS_HELP)],
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Dataset root (else $<dataset.root_env>, else the spec).")
+    ] = None,
+    category: Annotated[str | None, typer.Option("--category", "-c", help="Category, with a dataset root.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: <out>/<dataset>/<category>/.")] = Path(
+        "runs"
+    ),
+    seed: Annotated[int | None, typer.Option(help="Seed (split, generation, training).")] = None,
+    generator: Annotated[str | None, typer.Option(help="Generator to fit and evaluate (added as an arm).")] = None,
+    profile: Annotated[str | None, typer.Option(help="cpu-tiny (small, CPU) or gpu (the spec's full scale).")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec key: --set evaluation.epochs=2 (repeatable).")
+    ] = None,
+    runner: Annotated[str, typer.Option(help="Several categories: sequential, threads, dask or ray.")] = "sequential",
+    address: Annotated[
+        str | None, typer.Option(help="Scheduler of an existing Dask/Ray cluster (e.g. tcp://host:8786).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers of a local cluster / thread pool.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage, ignoring caches.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Run the pipeline (split, masks, generation, evaluation, report) as Prefect flows; reruns reuse done stages."""
+    from anoaug.pipeline.config import parse_sets
+    from flows.driver import RunOptions, run_targets
+
+    opts = RunOptions(
+        out=out,
+        data_root=data_root,
+        category=category,
+        seed=seed,
+        generator=generator,
+        profile=profile,
+        sets=parse_sets(sets),
+        runner=runner,
+        address=address,
+        workers=workers,
+        force=force,
+        verbose=verbose,
+    )
+    run_targets(targets, opts, console)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (demo data goes to <out>/data).")] = Path(
+        "runs/demo"
+    ),
+    generator: Annotated[str | None, typer.Option(help="Generator (default: the best one installed).")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """The whole pipeline on the embedded demo data (demo/cap), then the path of the HTML report."""
+    from anoaug.pipeline.config import parse_sets
+    from flows.driver import DEMO_CATEGORY, RunOptions, best_demo_generator, run_targets
+
+    gen = generator or best_demo_generator()
+    console.print(f"demo: {DEMO_CATEGORY} with generator {gen}", highlight=False)
+    opts = RunOptions(out=out, generator=gen, sets=parse_sets(sets), force=force, verbose=verbose)
+    run_targets([DEMO_CATEGORY], opts, console)
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    targets: Annotated[list[str], typer.Argument(help="mvtec, mvtec/bottle or .yaml specs to schedule.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory of the scheduled runs.")] = Path("runs"),
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root.")] = None,
+    profile: Annotated[str | None, typer.Option(help="cpu-tiny or gpu.")] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="Cron schedule for all (default: schedule.cron of each spec).")
+    ] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone of the cron (default: the spec's).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Most runs at once.")] = None,
+) -> None:
+    """Serve the category flow on a cron schedule (needs a Prefect server: see README, Scheduling)."""
+    from flows import env
+
+    env.configure(out)
+    from flows.deploy import serve
+
+    root = str(data_root.resolve()) if data_root else None
+    serve(targets, limit=limit, out=str(out.resolve()), data_root=root, profile=profile, cron=cron, timezone=timezone)
 
 
 def main() -> None:

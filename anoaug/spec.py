@@ -49,17 +49,19 @@ class ForegroundSection(Section):
 
     method: Literal["auto", "threshold", "border", "grabcut", "whole", "model"] = "auto"
     channel: Literal["gray", "saturation", "value", "lab_l", "auto"] = "auto"
-    blur: int = Field(default=5, ge=0, description="Gaussian blur kernel (px, 0 = off) before thresholding.")
+    blur: int = Field(default=5, ge=0, description="Median blur kernel (px, 0 = off) before thresholding.")
     closing: int = Field(default=7, ge=0, description="Morphological closing kernel (px, 0 = off).")
     opening: int = Field(default=3, ge=0, description="Morphological opening kernel (px, 0 = off).")
     fill_holes: bool = True
     largest_component: bool = True
     border_width: int = Field(default=8, ge=1, description="Border strip (px) that models the background.")
     border_threshold: float = Field(
-        default=4.0, gt=0, description="Mahalanobis distance (in Lab) from the border colour that is object."
+        default=8.0, gt=0, description="Mahalanobis distance (in Lab) from the border colour that is object."
     )
     grabcut_iters: int = Field(default=3, ge=1, le=20)
-    model_path: str | None = Field(default=None, description="TorchScript segmentation model (method: model).")
+    model_path: str | None = Field(
+        default=None, description="TorchScript / .pt2 segmentation model (method: model)."
+    )
     min_fraction: float = Field(default=0.02, ge=0, le=1, description="Flag objects covering less.")
     max_fraction: float = Field(default=0.97, ge=0, le=1, description="Flag objects covering more.")
 
@@ -95,14 +97,18 @@ class MasksSection(Section):
 
 
 class GeneratorSection(Section):
-    name: str = "cutpaste"
+    name: str = Field(default="cutpaste", description="Registered generator: crop-paste, cutpaste, perlin, ...")
     params: dict[str, Any] = Field(default_factory=dict, description="Generator-specific settings.")
+    artifact: str | None = Field(
+        default=None, description="Reuse this fitted artifact directory instead of fitting into <out>/artifact."
+    )
 
 
 class GenerationSection(Section):
-    count_per_type: int = Field(default=100, ge=1)
-    shard_size: int = Field(default=500, ge=1)
-    workers: int = Field(default=1, ge=1)
+    count_per_type: int = Field(default=100, ge=1, description="Samples per defect type.")
+    shard_size: int = Field(default=500, ge=1, description="Samples per WebDataset shard.")
+    workers: int = Field(default=1, ge=1, description="Processes generating samples (one writer).")
+    batch_size: int = Field(default=8, ge=1, description="Requests per generator.generate call.")
 
 
 class EvaluationSection(Section):
@@ -134,7 +140,7 @@ class EvaluationSection(Section):
     )
     classifier_image_size: int = Field(default=64, ge=16)
     classifier_epochs: int = Field(default=8, ge=1)
-    num_threads: int = Field(default=2, ge=1, description="torch CPU threads.")
+    num_threads: int = Field(default=1, ge=1, description="torch CPU threads (1 is fastest on a shared, busy CPU).")
     gpu: dict[str, Any] = Field(
         default_factory=lambda: {
             "image_size": 256,
