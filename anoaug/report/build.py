@@ -1,0 +1,329 @@
+"""Turn a run directory (``anoaug.evaluation.run_evaluation``) into report.json / .md / .html and results.csv."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anoaug.errors import AnoaugError
+from anoaug.evaluation.metrics import ALL_METRICS, mean_ci
+from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM
+from anoaug.report import figures
+from anoaug.report.schema import Gain, Report, RunResult, Stat, Summary
+
+CSV_COLUMNS = {  # our metric key -> anomalib-benchmark-style column
+    "image_auroc": "image_AUROC",
+    "image_ap": "image_AUPR",
+    "image_f1max": "image_F1Max",
+    "pixel_auroc": "pixel_AUROC",
+    "pixel_ap": "pixel_AUPR",
+    "pixel_f1max": "pixel_F1Max",
+    "pixel_aupro": "pixel_AUPRO",
+    "ac_accuracy": "AC_accuracy",
+}
+TABLE_METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_aupro", "ac_accuracy")
+
+
+def load_runs(run_dir: Path) -> list[RunResult]:
+    runs = []
+    for path in sorted(run_dir.glob("runs/*/*/seed*/metrics.json")):
+        d = json.loads(path.read_text())
+        metrics = {k: float(v) for k, v in d["metrics"].items() if v is not None and not math.isnan(float(v))}
+        runs.append(
+            RunResult(
+                model=d["model"],
+                arm=d["arm"],
+                seed=int(d["seed"]),
+                implementation=d.get("implementation", d["model"]),
+                metrics=metrics,
+                seconds=float(d.get("seconds", 0.0)),
+                confusion_matrix=d.get("confusion_matrix"),
+                classes=d.get("classes"),
+            )
+        )
+    return runs
+
+
+def summarise(runs: list[RunResult], arm_order: list[str]) -> tuple[list[Summary], list[Gain]]:
+    """Mean/CI per (model, arm, metric), and paired gains of every arm over 'none' and 'real-few'."""
+    by: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for r in runs:
+        by.setdefault((r.model, r.arm), {})[r.seed] = r.metrics
+    order = {a: i for i, a in enumerate(arm_order)}
+    keys = sorted(by, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
+    summary, gains = [], []
+    for model, arm in keys:
+        seeds = sorted(by[model, arm])
+        for metric in ALL_METRICS:
+            vals = [(s, by[model, arm][s][metric]) for s in seeds if metric in by[model, arm][s]]
+            if not vals:
+                continue
+            stat = Stat(**mean_ci([v for _, v in vals]))
+            summary.append(
+                Summary(
+                    model=model,
+                    arm=arm,
+                    metric=metric,
+                    values=[v for _, v in vals],
+                    seeds=[s for s, _ in vals],
+                    stat=stat,
+                )
+            )
+            for baseline in (NONE_ARM, REAL_ARM):
+                if arm in (baseline, NONE_ARM) or (model, baseline) not in by:
+                    continue
+                base = by[model, baseline]
+                paired = [(s, v - base[s][metric]) for s, v in vals if s in base and metric in base[s]]
+                if not paired:
+                    continue
+                st = Stat(**mean_ci([d for _, d in paired]))
+                sig = st.ci_low is not None and (st.ci_low > 0 or (st.ci_high is not None and st.ci_high < 0))
+                gains.append(
+                    Gain(
+                        model=model,
+                        arm=arm,
+                        baseline=baseline,
+                        metric=metric,
+                        seeds=[s for s, _ in paired],
+                        differences=[d for _, d in paired],
+                        stat=st,
+                        significant=bool(sig),
+                    )
+                )
+    return summary, gains
+
+
+def _fmt(stat: Stat | None, signed: bool = False) -> str:
+    if stat is None or stat.mean is None:
+        return "–"
+    m = f"{stat.mean:+.3f}" if signed else f"{stat.mean:.3f}"
+    return f"{m} ± {stat.half_width:.3f}" if stat.half_width is not None else m
+
+
+def _write_csv(path: Path, runs: list[RunResult], dataset: str, category: str) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dataset", "category", "model", "arm", "seed", "implementation", *CSV_COLUMNS.values(), "seconds"])
+        for r in sorted(runs, key=lambda r: (r.model, r.arm, r.seed)):
+            vals = [f"{r.metrics[k]:.6f}" if k in r.metrics else "" for k in CSV_COLUMNS]
+            w.writerow([dataset, category, r.model, r.arm, r.seed, r.implementation, *vals, f"{r.seconds:.2f}"])
+
+
+def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> dict[str, str]:
+    figs: dict[str, Path | None] = {}
+    fig_dir = out / "figures"
+    models = sorted({g.model for g in report.gains})
+    for model in models:
+        for base in (NONE_ARM, REAL_ARM):
+            figs[f"gain_{model}_vs_{base}"] = figures.gain_bars(
+                report.gains, model, base, fig_dir / f"gain_{model}_vs_{base}.png"
+            )
+    # PR curves and anomaly-map overlays from the saved predictions.
+    real = _load_npz(run_dir / "samples" / "real.npz")
+    ad_models = sorted({r.model for r in report.runs if "image_auroc" in r.metrics})
+    for model in ad_models:
+        preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for arm in arm_order:
+            for seed in report.seeds:
+                p = _load_npz(run_dir / "runs" / model / arm / f"seed{seed}" / "predictions.npz")
+                if p is None:
+                    continue
+                preds.setdefault(arm, []).append((p["scores"], p["labels"]))
+                if real is not None and seed == report.seeds[0]:
+                    idx = {str(i): k for k, i in enumerate(p["ids"])}
+                    sel = [idx[str(i)] for i in real["ids"] if str(i) in idx]
+                    if sel:
+                        figs[f"maps_{model}_{arm}"] = figures.map_overlays(
+                            real["images"][: len(sel)],
+                            p["maps"][sel],
+                            p["masks"][sel],
+                            real["defect_types"],
+                            f"{model} / {arm} (seed {seed}): held-out real defects, anomaly map",
+                            fig_dir / f"maps_{model}_{arm}.png",
+                        )
+        figs[f"pr_{model}"] = figures.pr_curves(preds, model, fig_dir / f"pr_{model}.png")
+    # Training pairs of each arm beside the held-out real defects.
+    for name in ["real", "real-few", *arm_order]:
+        s = _load_npz(run_dir / "samples" / f"{name}.npz")
+        if s is None or f"samples_{name}" in figs:
+            continue
+        title = {
+            "real": "held-out real defects (evaluation set)",
+            "real-few": "real few (generator-training defects)",
+        }.get(name, f"synthetic training pairs: {name}")
+        figs[f"samples_{name}"] = figures.sample_grid(
+            s["images"], s["masks"], s["defect_types"], title, fig_dir / f"samples_{name}.png"
+        )
+    # Confusion matrices of the defect-type classifier (summed over seeds).
+    for arm in arm_order:
+        cms = [r for r in report.runs if r.model == "classifier" and r.arm == arm and r.confusion_matrix]
+        if cms:
+            total = np.sum([np.array(r.confusion_matrix) for r in cms], axis=0)
+            figs[f"confusion_{arm}"] = figures.confusion(
+                total,
+                cms[0].classes or [],
+                f"classifier / {arm}: summed over {len(cms)} seed(s)",
+                fig_dir / f"confusion_{arm}.png",
+            )
+    return {k: str(v.relative_to(out)) for k, v in figs.items() if v is not None}
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write report.json, report.md, report.html, results.csv (+ figures/) for a run directory."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise AnoaugError("not an evaluation run directory (no run.json)", run_dir)
+    meta = json.loads(meta_path.read_text())
+    out = Path(out_dir) if out_dir else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(run_dir)
+    if not runs:
+        raise AnoaugError("the run directory holds no finished runs (runs/*/*/seed*/metrics.json)", run_dir)
+    arm_order = [a["name"] for a in meta["arms"]]
+    summary, gains = summarise(runs, arm_order)
+    notes = [meta["none_arm"], meta["protocol"]["selection"], meta["generation_quality"]["note"]]
+    if not meta.get("pre_trained"):
+        notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
+    if meta.get("status") != "complete":
+        notes.append(f"The run is not complete (status: {meta.get('status')}); partial results.")
+    report = Report(
+        dataset=meta["dataset"],
+        category=meta["category"],
+        profile=meta["profile"],
+        seeds=meta["seeds"],
+        models=meta["models"],
+        arms=meta["arms"],
+        protocol=meta["protocol"],
+        config=meta["config"],
+        notes=notes,
+        generation_quality=meta["generation_quality"],
+        runs=runs,
+        summary=summary,
+        gains=gains,
+        figures={},
+    )
+    report.figures = _figures(run_dir, out, report, arm_order)
+    paths = {
+        "json": out / "report.json",
+        "md": out / "report.md",
+        "html": out / "report.html",
+        "csv": out / "results.csv",
+    }
+    paths["json"].write_text(report.model_dump_json(indent=2))
+    paths["md"].write_text(render_markdown(report))
+    paths["html"].write_text(render_html(report))
+    _write_csv(paths["csv"], runs, report.dataset, report.category)
+    return paths
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the metric table and the gain tables, shared by md and html."""
+    out = []
+    stats = {(s.model, s.arm, s.metric): s.stat for s in report.summary}
+    pairs = list(dict.fromkeys((s.model, s.arm) for s in report.summary))
+    metrics = [m for m in TABLE_METRICS if any(s.metric == m for s in report.summary)]
+    rows = [[m, a, *(_fmt(stats.get((m, a, k))) for k in metrics)] for m, a in pairs]
+    out.append(("Metrics (mean ± 95% CI half-width over seeds)", ["model", "arm", *metrics], rows))
+    for base in (NONE_ARM, REAL_ARM):
+        g = {(x.model, x.arm, x.metric): x for x in report.gains if x.baseline == base}
+        gpairs = list(dict.fromkeys((x.model, x.arm) for x in report.gains if x.baseline == base))
+        if not gpairs:
+            continue
+        grows = []
+        for m, a in gpairs:
+            cells = []
+            for k in metrics:
+                x = g.get((m, a, k))
+                cells.append("–" if x is None else _fmt(x.stat, signed=True) + (" *" if x.significant else ""))
+            grows.append([m, a, *cells])
+        out.append((f"Gain over '{base}' (paired by seed; * = 95% CI excludes 0)", ["model", "arm", *metrics], grows))
+    return out
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# anoaug evaluation: {report.dataset} / {report.category}", ""]
+    p = report.protocol
+    lines += [
+        f"Seeds: {report.seeds}. Models: {', '.join(report.models)}. Profile: {report.profile}.",
+        f"Train: {p['train_normal']} normal images (+ {p['train_defect_real']} real defects in 'real-few' arms). "
+        f"Evaluation: {p['eval_normal']} normal + {p['eval_defect']} held-out real defects. "
+        f"Leakage check: {p['leakage_check']}.",
+        "",
+    ]
+    for title, header, rows in _tables(report):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    lines += ["## Figures", ""]
+    lines += [f"### {name}\n\n![{name}]({path})\n" for name, path in report.figures.items()]
+    lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f2f2f2}td:first-child,td:nth-child(2){text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{color:#555}
+"""
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    p = report.protocol
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>anoaug evaluation: {e(report.dataset)} / {e(report.category)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>anoaug evaluation: {e(report.dataset)} / {e(report.category)}</h1>",
+        f"<p>Seeds {e(str(report.seeds))}; models {e(', '.join(report.models))}; profile {e(report.profile)}. "
+        f"Train: {p['train_normal']} normal images (+ {p['train_defect_real']} real defects in 'real-few' arms). "
+        f"Evaluation: {p['eval_normal']} normal + {p['eval_defect']} held-out real defects. "
+        f"Leakage check: {e(str(p['leakage_check']))}.</p>",
+    ]
+    for title, header, rows in _tables(report):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    sections = [
+        ("Gains", "gain_"),
+        ("Precision-recall curves", "pr_"),
+        ("Training pairs and real defects", "samples_"),
+        ("Anomaly maps on held-out real defects", "maps_"),
+        ("Defect-type confusion matrices", "confusion_"),
+    ]
+    for title, prefix in sections:
+        items = [(k, v) for k, v in report.figures.items() if k.startswith(prefix)]
+        if items:
+            parts.append(f"<h2>{e(title)}</h2>")
+            parts += [
+                f'<figure><img src="{e(v)}" alt="{e(k)}"><figcaption>{e(k)}</figcaption></figure>' for k, v in items
+            ]
+    parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{e(n)}</li>' for n in report.notes) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def report_json_schema() -> dict[str, Any]:
+    """JSON Schema of report.json (from the pydantic models)."""
+    return Report.model_json_schema()

@@ -1,0 +1,110 @@
+"""The report from a hand-made run directory: gain arithmetic, CI, schema, HTML links, CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anoaug.errors import AnoaugError
+from anoaug.report import Report, report_json_schema, write_report
+
+SEEDS = [0, 1, 2]
+AUROC = {"none": [0.60, 0.62, 0.58], "real-few": [0.70, 0.72, 0.74], "cutpaste": [0.80, 0.83, 0.86]}
+
+
+def _fake_run(run_dir: Path) -> Path:
+    rng = np.random.default_rng(0)
+    n, s = 6, 16
+    labels = np.array([0, 0, 0, 1, 1, 1], np.int8)
+    masks = np.zeros((n, s, s), bool)
+    masks[3:, 4:9, 4:9] = True
+    arms = [{"name": a, "generator": "cutpaste" if a == "cutpaste" else None, "use_real": a == "real-few",
+             "source": None, "train_size": 10, "train_defects": {}} for a in AUROC]  # fmt: skip
+    meta = {
+        "schema_version": "1", "dataset": "demo", "category": "fabric", "split_seed": 0, "profile": "cpu-tiny",
+        "protocol": {"train_normal": 10, "train_defect_real": 2, "eval_normal": 3, "eval_defect": 3,
+                     "defect_types": ["cut", "stain"], "leakage_check": "passed", "selection": "fixed epochs"},
+        "arms": arms, "seeds": SEEDS, "models": ["segmenter", "classifier"], "config": {}, "pre_trained": False,
+        "none_arm": "padim stands in", "generation_quality": {"computed": False, "note": "no weights"},
+        "status": "complete",
+    }  # fmt: skip
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    for arm, values in AUROC.items():
+        for seed, v in zip(SEEDS, values, strict=True):
+            d = run_dir / "runs" / "segmenter" / arm / f"seed{seed}"
+            d.mkdir(parents=True)
+            metrics = {"image_auroc": v, "image_ap": v, "pixel_auroc": v, "pixel_ap": v / 2, "pixel_aupro": v / 3}
+            (d / "metrics.json").write_text(json.dumps(
+                {"model": "segmenter", "arm": arm, "seed": seed, "metrics": metrics, "seconds": 1.0,
+                 "implementation": "x"}))  # fmt: skip
+            scores = labels + rng.normal(0, 1 - v, n)
+            np.savez(d / "predictions.npz", ids=np.array([f"e{i}" for i in range(n)]), labels=labels,
+                     scores=scores.astype(np.float32), maps=rng.random((n, s, s)).astype(np.float16), masks=masks,
+                     defect_types=np.array(["good"] * 3 + ["cut"] * 3))  # fmt: skip
+            if arm != "none":
+                c = run_dir / "runs" / "classifier" / arm / f"seed{seed}"
+                c.mkdir(parents=True)
+                (c / "metrics.json").write_text(json.dumps(
+                    {"model": "classifier", "arm": arm, "seed": seed, "metrics": {"ac_accuracy": v},
+                     "seconds": 1.0, "confusion_matrix": [[2, 1], [0, 3]], "classes": ["cut", "stain"]}))  # fmt: skip
+    samples = run_dir / "samples"
+    samples.mkdir()
+    imgs = rng.integers(0, 255, (3, s, s, 3), dtype=np.uint8)
+    for name in ("real", "cutpaste"):
+        np.savez(samples / f"{name}.npz", ids=np.array(["e3", "e4", "e5"]), images=imgs, masks=masks[3:],
+                 defect_types=np.array(["cut"] * 3))  # fmt: skip
+    return run_dir
+
+
+class _Imgs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.src: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.src.append(dict(attrs)["src"] or "")
+
+
+def test_report_from_run_dir(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "run")
+    paths = write_report(run)
+    assert set(paths) == {"json", "md", "html", "csv"} and all(p.is_file() for p in paths.values())
+    report = Report.model_validate_json(paths["json"].read_text())
+    gain = next(g for g in report.gains if (g.model, g.arm, g.baseline, g.metric)
+                == ("segmenter", "cutpaste", "none", "image_auroc"))  # fmt: skip
+    assert gain.differences == pytest.approx([0.20, 0.21, 0.28])
+    assert gain.stat.mean == pytest.approx(0.23)
+    assert gain.stat.half_width == pytest.approx(4.302653 * np.std([0.20, 0.21, 0.28], ddof=1) / np.sqrt(3), 1e-4)
+    assert gain.significant
+    vs_real = next(g for g in report.gains if (g.model, g.arm, g.baseline, g.metric)
+                   == ("segmenter", "cutpaste", "real-few", "image_auroc"))  # fmt: skip
+    assert vs_real.differences == pytest.approx([0.10, 0.11, 0.12])
+    assert not any(g.arm == "none" for g in report.gains)  # the baseline is not a "gain" row
+    assert any(g.model == "classifier" and g.baseline == "real-few" for g in report.gains)
+    assert not any(g.model == "classifier" and g.baseline == "none" for g in report.gains)
+
+    parser = _Imgs()
+    parser.feed(paths["html"].read_text())
+    assert len(parser.src) >= 6
+    assert all((run / src).is_file() for src in parser.src)
+    for key in ("gain_segmenter_vs_none", "pr_segmenter", "samples_cutpaste", "samples_real",
+                "maps_segmenter_cutpaste", "confusion_cutpaste"):  # fmt: skip
+        assert report.figures[key] in parser.src
+    md = paths["md"].read_text()
+    assert "+0.230" in md and "no weights" in md
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert len(rows) == 9 + 6
+    assert {r["arm"] for r in rows if r["model"] == "classifier"} == {"real-few", "cutpaste"}
+    assert "Report" in json.dumps(report_json_schema())
+
+
+def test_report_needs_a_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(AnoaugError, match="run.json"):
+        write_report(tmp_path)
