@@ -80,6 +80,14 @@ class GenerationRequest:
     defect_type: str
     seed: int
     trimap: np.ndarray | None = None  # (H, W) uint8: 255 defect, 127 object, 0 background
+    normal_key: str | None = None  # where `normal` came from (relpath), for lineage and caches
+
+    @property
+    def allowed(self) -> np.ndarray:
+        """(H, W) bool: where a defect may be drawn (defect or object in the trimap; everywhere without one)."""
+        if self.trimap is None:
+            return np.ones(self.normal.shape[:2], bool)
+        return (self.trimap > 0) | self.mask
 
 
 @dataclass
@@ -149,6 +157,29 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate one result per request, deterministic given each request's seed."""
+
+
+def validate_result(request: GenerationRequest, result: GenerationResult, generator: str = "?") -> None:
+    """Raise GeneratorError unless `result` obeys the contract for `request`.
+
+    Image (H, W, 3) uint8 of the normal's size, mask (H, W) bool and not empty, info a dict.
+    """
+    h, w = request.normal.shape[:2]
+    problems = []
+    if not isinstance(result.image, np.ndarray) or result.image.shape != (h, w, 3) or result.image.dtype != np.uint8:
+        problems.append(f"image must be ({h}, {w}, 3) uint8, got {_describe(result.image)}")
+    if not isinstance(result.mask, np.ndarray) or result.mask.shape != (h, w) or result.mask.dtype != np.bool_:
+        problems.append(f"mask must be ({h}, {w}) bool, got {_describe(result.mask)}")
+    elif not result.mask.any():
+        problems.append("final mask is empty")
+    if not isinstance(result.info, dict):
+        problems.append("info must be a dict")
+    if problems:
+        raise GeneratorError(f"generator '{generator}' broke the contract: " + "; ".join(problems))
+
+
+def _describe(a: Any) -> str:
+    return f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
 
 
 def artifact_hash(artifact_dir: str | Path) -> str:

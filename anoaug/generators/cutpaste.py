@@ -1,0 +1,110 @@
+"""CutPaste (Li, Sohn, Yoon, Pfister, CVPR 2021): a patch of the *same* normal image, transformed, pasted.
+
+The paper cuts a random rectangle (or a thin "scar"), applies colour jitter and pastes it at another
+random location. Here the location and shape come from the synthesized mask: a patch of the mask's
+bounding-box size is cut from elsewhere in the same normal image, colour-jittered and flipped
+(albumentations), and pasted through the mask with alpha feathering (default), Poisson blending, or
+a hard edge. Nothing is learned; the artifact holds only the parameters.
+
+Params: ``blend`` ("alpha" | "poisson" | "poisson-mixed" | "none", default "alpha"), ``feather``
+(px, default 1.5), ``jitter`` (colour-jitter strength, default 0.1 as in the paper), ``source``
+("any" | "object": cut only from where the trimap marks the object, default "any").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+
+from anoaug.generators.base import (
+    FitData,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    GeneratorError,
+    register,
+)
+from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
+
+DEFAULTS: dict[str, Any] = {"blend": "alpha", "feather": 1.5, "jitter": 0.1, "source": "any"}
+
+
+@register
+class CutPasteGenerator(Generator):
+    """CutPaste: self-similar patches with colour jitter, pasted through the synthesized mask."""
+
+    name = "cutpaste"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__({**DEFAULTS, **(params or {})})
+        unknown = set(self.params) - set(DEFAULTS)
+        if unknown:
+            raise GeneratorError(f"cutpaste: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        if self.params["blend"] not in BLEND_MODES:
+            raise GeneratorError(f"cutpaste: blend must be one of {BLEND_MODES}, got {self.params['blend']!r}")
+        if self.params["source"] not in ("any", "object"):
+            raise GeneratorError(f"cutpaste: source must be 'any' or 'object', got {self.params['source']!r}")
+        j = float(self.params["jitter"])
+        self._aug = A.Compose(
+            [
+                A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j, 0.5), p=1.0),
+                A.HorizontalFlip(p=0.5),
+                A.VerticalFlip(p=0.5),
+            ]
+        )
+
+    def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
+        """Nothing to learn: CutPaste only uses the normal image it draws on."""
+
+    def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
+        """Nothing to load beyond the params."""
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return [self._one(req) for req in batch]
+
+    def _one(self, req: GenerationRequest) -> GenerationResult:
+        rng = np.random.default_rng(req.seed)
+        box = bbox(req.mask)
+        if box is None:
+            raise GeneratorError("cutpaste: the requested mask is empty")
+        x, y, w, h = box
+        img = req.normal
+        sx, sy = self._source_xy(req, box, rng)
+        patch = np.ascontiguousarray(img[sy : sy + h, sx : sx + w])
+        self._aug.set_random_seed(seed_of(rng))
+        patch = self._aug(image=patch)["image"]
+        src = img.copy()
+        src[y : y + h, x : x + w] = patch
+        region = req.mask.astype(bool)
+        out, final, used = blend(img, src, region, self.params["blend"], float(self.params["feather"]))
+        info = {"source_xy": [sx, sy], "target_box": [x, y, w, h], "blend": used}
+        return GenerationResult(image=out, mask=final, info=info)
+
+    def _source_xy(
+        self, req: GenerationRequest, box: tuple[int, int, int, int], rng: np.random.Generator
+    ) -> tuple[int, int]:
+        """Top-left of a patch of the box's size elsewhere in the image (away from the box when possible)."""
+        x, y, w, h = box
+        H, W = req.normal.shape[:2]
+        want_object = self.params["source"] == "object" and req.trimap is not None
+        best: tuple[float, int, int] | None = None
+        for _ in range(30):
+            sx = int(rng.integers(0, W - w + 1))
+            sy = int(rng.integers(0, H - h + 1))
+            # Prefer patches that do not overlap the target box (so the paste is visible) ...
+            overlap = max(0, min(x + w, sx + w) - max(x, sx)) * max(0, min(y + h, sy + h) - max(y, sy)) / (w * h)
+            # ... and, with source="object", that lie on the object.
+            off_object = 0.0
+            if want_object:
+                off_object = 1.0 - float(np.mean(req.trimap[sy : sy + h, sx : sx + w] > 0))
+            score = overlap + off_object
+            if best is None or score < best[0]:
+                best = (score, sx, sy)
+            if score == 0:
+                break
+        assert best is not None
+        return best[1], best[2]

@@ -1,0 +1,371 @@
+"""The `diffusion-sd` generator: Stable Diffusion 1.x/2.x with learned defect tokens, blended in latent space.
+
+fit: load the base model (local diffusers folder or cached hub id), learn per defect type a textual-
+inversion token, optionally a UNet LoRA and a mask encoder (spatial tokens), with a loss counted only
+inside the defect masks; save only the learned parts (safetensors) and a manifest of the base model's
+identity. generate: crop around each requested mask at the training scale, sample in latent space with
+blended sampling (outside the latent mask the forward-noised normal latent replaces the sample at each
+step) and classifier-free guidance, decode, paste back and composite in pixel space so that the normal
+image is exact outside the mask; the final mask is what actually changed inside the input mask.
+
+Settings (GeneratorSection.params): see `DEFAULTS`. torch / diffusers / transformers / peft are
+imported only when a model is fitted, loaded or run, so registering this generator is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anoaug.generators.base import (
+    FitData,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    GeneratorError,
+    register,
+)
+
+MANIFEST = "sd_manifest.json"
+EMBEDDINGS = "embeddings.safetensors"
+LORA = "lora.safetensors"
+SPATIAL = "spatial.safetensors"
+
+DEFAULTS: dict[str, Any] = {
+    "model": "",  # local diffusers folder or hub id (offline: must be in the local HF cache)
+    "inpainting": "auto",  # auto (from unet in_channels 9 vs 4) | true | false (asserted against the model)
+    "resolution": 256,  # crop side in pixels the model sees (multiple of 8 x VAE factor)
+    "context": 2.0,  # crop side = context x mask bounding box, at least `resolution`, at most the short side
+    "train_steps": 400,
+    "batch_size": 1,
+    "lr": 1e-4,  # LoRA and mask encoder
+    "ti_lr": 5e-3,  # textual-inversion embeddings
+    "lora_rank": 4,  # 0 = off
+    "lora_alpha": None,  # default: = rank
+    "textual_inversion": True,
+    "init_word": "defect",  # initial value of the learned tokens
+    "spatial_tokens": 0,  # 0 = off; else K mask-encoder tokens appended to the text states
+    "background_weight": 0.0,  # training loss weight outside the mask
+    "mixed_precision": "auto",  # auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16
+    "gradient_checkpointing": "auto",  # auto (on for cuda) | true | false
+    "device": "auto",
+    "token_template": "a photo of {category} with <{type}> defect",
+    "negative_prompt": "",
+    "guidance_scale": 5.0,  # <= 1 disables classifier-free guidance
+    "num_inference_steps": 30,
+    "scheduler": "ddim",  # ddim | dpm++
+    "mask_dilate": 1,  # latent cells added around the mask for blending
+    "feather": 2,  # px of inward feathering in the final composite
+    "change_threshold": 6.0,  # 0-255: a pixel counts as changed above this difference
+    "change_blur": 1,  # Gaussian radius applied before comparing (ignores re-synthesised fine texture)
+    "generation_batch_size": 4,
+}
+
+
+def _as_bool_or_auto(value: Any, key: str) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("auto",):
+        return "auto"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise GeneratorError(f"generator param '{key}' must be true, false or auto, got '{value}'")
+
+
+@register
+class StableDiffusionGenerator(Generator):
+    """Stable Diffusion (diffusers format) with per-category learned defect tokens (see module doc)."""
+
+    name = "diffusion-sd"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        unknown = sorted(set(self.params) - set(DEFAULTS))
+        if unknown:
+            raise GeneratorError(
+                f"unknown {self.name} params: {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}"
+            )
+        self.cfg: dict[str, Any] = {**DEFAULTS, **self.params}
+        if not str(self.cfg["model"]).strip():
+            raise GeneratorError(
+                f"{self.name} needs param 'model': a diffusers Stable Diffusion folder or hub id"
+            )
+        if self.cfg["scheduler"] not in ("ddim", "dpm++"):
+            raise GeneratorError(
+                f"generator param 'scheduler' must be ddim or dpm++, got '{self.cfg['scheduler']}'"
+            )
+        self.cfg["inpainting"] = _as_bool_or_auto(self.cfg["inpainting"], "inpainting")
+        self.cfg["gradient_checkpointing"] = _as_bool_or_auto(
+            self.cfg["gradient_checkpointing"], "gradient_checkpointing"
+        )
+        self._comps: Any = None
+        self._encoder: Any = None
+        self._prompts: dict[str, str] = {}
+        self._category = ""
+        self._device: Any = None
+        self._dtype: Any = None
+        self.train_losses: list[float] = []
+
+    # -- fit / load -----------------------------------------------------------------------------------
+
+    def _load_base(self) -> Any:
+        from anoaug.generators.diffusion.sd.loading import load_components
+
+        comps = load_components(self.cfg["model"])
+        want = self.cfg["inpainting"]
+        if want != "auto" and bool(want) != comps.inpainting:
+            kind = "an inpainting" if comps.inpainting else "a text-to-image"
+            raise GeneratorError(
+                f"param inpainting={want} but '{self.cfg['model']}' has {kind} UNet "
+                f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
+            )
+        return comps
+
+    def _settings(self) -> Any:
+        from anoaug.generators.diffusion.sd.training import TrainSettings
+
+        c = self.cfg
+        return TrainSettings(
+            resolution=int(c["resolution"]),
+            steps=int(c["train_steps"]),
+            batch_size=int(c["batch_size"]),
+            lr=float(c["lr"]),
+            ti_lr=float(c["ti_lr"]),
+            lora_rank=int(c["lora_rank"]),
+            lora_alpha=None if c["lora_alpha"] is None else float(c["lora_alpha"]),
+            textual_inversion=bool(c["textual_inversion"]),
+            spatial_tokens=int(c["spatial_tokens"]),
+            mixed_precision=str(c["mixed_precision"]),
+            gradient_checkpointing=c["gradient_checkpointing"],
+            background_weight=float(c["background_weight"]),
+            context=float(c["context"]),
+            template=str(c["token_template"]),
+            init_word=str(c["init_word"]),
+        )
+
+    def make_trainer(self, data: FitData, seed: int = 0) -> Any:
+        """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
+        import torch
+
+        from anoaug.generators.diffusion.sd.training import SDTrainer, resolve_device
+
+        self._device = resolve_device(str(self.cfg["device"]))
+        comps = self._load_base()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
+            trainer = SDTrainer(comps, data.defects, data.category, self._settings(), self._device, seed=seed)
+        return trainer
+
+    def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
+        from anoaug.generators.diffusion.sd import lora as lora_mod
+        from anoaug.generators.diffusion.sd import spatial as spatial_mod
+        from anoaug.generators.diffusion.sd import textual_inversion as ti
+
+        trainer = self.make_trainer(data, seed)
+        self.train_losses = list(trainer.train())
+        trainer.finish()
+        comps = trainer.comps
+        for name in (EMBEDDINGS, LORA, SPATIAL):
+            (out_dir / name).unlink(missing_ok=True)
+        if trainer.bank is not None:
+            ti.save_embeddings(comps.text_encoder, trainer.bank, out_dir / EMBEDDINGS)
+        if trainer.s.lora_rank > 0:
+            lora_mod.save_lora(comps.unet, out_dir / LORA, trainer.s.lora_rank, trainer.s.lora_alpha)
+        if trainer.encoder is not None:
+            spatial_mod.save_mask_encoder(trainer.encoder, out_dir / SPATIAL)
+        ident = {
+            k: v for k, v in comps.identity.items() if k != "folder"
+        }  # keep the artifact machine-independent
+        losses = self.train_losses
+        manifest = {
+            "format_version": 1,
+            "base_model": ident,
+            "inpainting": comps.inpainting,
+            "category": data.category,
+            "tokens": trainer.bank.tokens if trainer.bank is not None else {},
+            "prompts": trainer.prompts,
+            "learned": {
+                "textual_inversion": trainer.bank is not None,
+                "lora_rank": trainer.s.lora_rank,
+                "spatial_tokens": trainer.s.spatial_tokens,
+            },
+            "train": {
+                "steps": len(losses),
+                "first_loss": round(losses[0], 5) if losses else None,
+                "last_loss": round(losses[-1], 5) if losses else None,
+            },
+        }
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        self._ready(comps, trainer.encoder, trainer.prompts, data.category, trainer.dtype)
+
+    def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
+        from anoaug.generators.diffusion.sd import lora as lora_mod
+        from anoaug.generators.diffusion.sd import spatial as spatial_mod
+        from anoaug.generators.diffusion.sd import textual_inversion as ti
+        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.training import resolve_device, resolve_dtype
+
+        path = artifact_dir / MANIFEST
+        if not path.is_file():
+            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
+        manifest = json.loads(path.read_text())
+        comps = self._load_base()
+        check_identity(manifest["base_model"], comps.identity)
+        if (artifact_dir / EMBEDDINGS).is_file():
+            ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
+        if (artifact_dir / LORA).is_file():
+            lora_mod.load_lora(comps.unet, artifact_dir / LORA)
+        encoder = None
+        if (artifact_dir / SPATIAL).is_file():
+            encoder = spatial_mod.load_mask_encoder(
+                artifact_dir / SPATIAL, comps.text_encoder.config.hidden_size
+            )
+        self._device = resolve_device(str(self.cfg["device"]))
+        dtype = resolve_dtype(str(self.cfg["mixed_precision"]), self._device)
+        self._ready(comps, encoder, dict(manifest.get("prompts", {})), str(meta.get("category", "")), dtype)
+
+    def _ready(self, comps: Any, encoder: Any, prompts: dict[str, str], category: str, dtype: Any) -> None:
+        """Put the models on the device in inference precision (VAE fp32, learned parts fp32)."""
+        import torch
+
+        from anoaug.generators.diffusion.sd.loading import place
+
+        place(comps.vae, self._device, torch.float32)
+        place(comps.unet, self._device, dtype)
+        place(comps.text_encoder, self._device, dtype)
+        for m in (comps.unet, comps.vae, comps.text_encoder):
+            m.requires_grad_(False)
+            m.eval()
+        if encoder is not None:
+            encoder.to(self._device, dtype=torch.float32).eval()
+        self._comps, self._encoder, self._prompts, self._category, self._dtype = (
+            comps,
+            encoder,
+            prompts,
+            category,
+            dtype,
+        )
+
+    # -- generate -------------------------------------------------------------------------------------
+
+    def prompt_for(self, defect_type: str) -> str:
+        """The prompt used for `defect_type` (its learned token when textual inversion was trained)."""
+        from anoaug.generators.diffusion.sd.conditioning import build_prompt
+
+        if defect_type in self._prompts:
+            return self._prompts[defect_type]
+        if self.cfg["textual_inversion"]:
+            raise GeneratorError(
+                f"no learned token for defect type '{defect_type}'; "
+                f"trained types: {', '.join(sorted(self._prompts))}"
+            )
+        return build_prompt(str(self.cfg["token_template"]), self._category, defect_type, learned_token=False)
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self._comps is None:
+            raise GeneratorError(f"{self.name}: call fit() or load() before generate()")
+        size = max(1, int(self.cfg["generation_batch_size"]))
+        out: list[GenerationResult] = []
+        for i in range(0, len(batch), size):
+            out.extend(self._generate_chunk(list(batch[i : i + size])))
+        return out
+
+    def _generate_chunk(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+
+        from anoaug.generators.diffusion.blending import (
+            blended_sample,
+            changed_mask,
+            composite,
+            make_scheduler,
+        )
+        from anoaug.generators.diffusion.sd import conditioning as cond
+        from anoaug.generators.diffusion.sd import spatial as spatial_mod
+        from anoaug.generators.diffusion.sd.crops import crop_box, paste_crop, take_crop
+
+        c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.cfg
+        res = int(cfg["resolution"])
+        boxes, crops, cmasks, prompts = [], [], [], []
+        for r in reqs:
+            if r.normal.ndim != 3 or r.normal.shape[2] != 3 or r.mask.shape != r.normal.shape[:2]:
+                raise GeneratorError(
+                    f"request needs an (H, W, 3) image and an (H, W) mask; got "
+                    f"{r.normal.shape} and {r.mask.shape}"
+                )
+            box = crop_box(r.mask.astype(bool), res, float(cfg["context"]))
+            img, m = take_crop(r.normal, r.mask.astype(bool), box, res)
+            boxes.append(box)
+            crops.append(img)
+            cmasks.append(m)
+            prompts.append(self.prompt_for(r.defect_type))
+        guidance = float(cfg["guidance_scale"])
+        use_cfg = guidance > 1.0
+        autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
+        with torch.no_grad():
+            images = cond.images_to_tensor(crops, dev)
+            pix_mask = cond.masks_to_tensor(cmasks, dev)
+            known = cond.encode_latents(c.vae, images, sample=False)
+            blend_mask = cond.latent_mask(pix_mask, c.vae_scale_factor, dilate=int(cfg["mask_dilate"]))
+            unet_mask = cond.latent_mask(pix_mask, c.vae_scale_factor) if c.inpainting else None
+            masked = (
+                cond.encode_latents(c.vae, images * (1 - pix_mask), sample=False) if c.inpainting else None
+            )
+            with autocast:
+                ids = cond.tokenize(c.tokenizer, prompts, dev)
+                states = cond.encode_text(c.text_encoder, ids)
+                spatial = self._encoder(pix_mask) if self._encoder is not None else None
+                states = spatial_mod.append_tokens(states, spatial)
+                if use_cfg:
+                    neg = cond.tokenize(c.tokenizer, [str(cfg["negative_prompt"])] * len(reqs), dev)
+                    states = torch.cat(
+                        [spatial_mod.append_tokens(cond.encode_text(c.text_encoder, neg), spatial), states]
+                    )
+            states = states.to(dtype)
+
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                n = 2 if use_cfg else 1
+                x_in = cond.unet_input(
+                    x.repeat(n, 1, 1, 1),
+                    None if unet_mask is None else unet_mask.repeat(n, 1, 1, 1),
+                    None if masked is None else masked.repeat(n, 1, 1, 1),
+                )
+                with autocast:
+                    pred = c.unet(x_in.to(dtype), t, encoder_hidden_states=states).sample.float()
+                if not use_cfg:
+                    return pred
+                uncond, text = pred.chunk(2)
+                return uncond + guidance * (text - uncond)
+
+            gens = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in reqs]
+            scheduler = make_scheduler(str(cfg["scheduler"]), c.scheduler_config)
+            x0 = blended_sample(
+                denoise, scheduler, known, blend_mask, int(cfg["num_inference_steps"]), generator=gens
+            )
+            decoded = cond.tensor_to_images(cond.decode_latents(c.vae, x0.float()))
+        results = []
+        for r, box, crop, prompt in zip(reqs, boxes, decoded, prompts, strict=True):
+            mask = r.mask.astype(bool)
+            full = paste_crop(r.normal, crop, box)
+            image = composite(r.normal, full, mask, int(cfg["feather"]))
+            final = changed_mask(
+                r.normal, image, mask, float(cfg["change_threshold"]), 0, blur=int(cfg["change_blur"])
+            )
+            info = {
+                "generator": self.name,
+                "base_model": str(cfg["model"]),
+                "prompt": prompt,
+                "seed": int(r.seed),
+                "crop": [box.y0, box.x0, box.side],
+                "scheduler": str(cfg["scheduler"]),
+                "num_inference_steps": int(cfg["num_inference_steps"]),
+                "guidance_scale": guidance,
+                "input_mask_area": int(mask.sum()),
+                "final_mask_area": int(final.sum()),
+            }
+            results.append(GenerationResult(image=image, mask=final, info=info))
+        return results

@@ -1,0 +1,363 @@
+"""``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category on CPU.
+
+Fit: crops around the few generator-training defects (+ normal crops) train a 7-channel UNet2DModel
+conditioned on the defect type (see `models.tiny_unet` and `training`). Generate: a window around
+each request's mask at the training crop scale is sampled with the shared blended sampler
+(`blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
+exact outside the dilated mask, and the final mask is what actually changed.
+
+torch and diffusers are imported only when a model is fitted, loaded or run, so registering is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anoaug.generators.base import (
+    FitData,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    GeneratorError,
+    register,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+
+TINY_FILE = "tiny.json"
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    # model
+    "crop": 64,  # training/generation window in px (native scale unless the defect is larger)
+    "widths": [16, 32, 64, 128],
+    "layers_per_block": 1,
+    # training
+    "train_steps": 2500,
+    "time_budget_s": 420,  # stop earlier when this much training time (cumulative over resumes) is spent
+    "batch": 16,
+    "lr": 1e-3,
+    "ctx_weight": 0.1,
+    "ema_decay": 0.999,
+    "normal_fraction": 0.25,
+    "max_normals": 64,
+    "bf16": False,
+    "checkpoint_every_s": 60,
+    "threads": "auto",  # torch CPU threads for fit/generate; auto: 1 on a busy machine (OpenMP spin waste)
+    # sampling
+    "scheduler": "ddim",  # ddim | dpm++
+    "inference_steps": 25,
+    "guidance": 1.0,  # >1: push away from the 'normal' class (costs a second forward per step)
+    "dilate": 3,  # band (px, crop scale) around the mask that is generated too; also trained on
+    "feather": 2,
+    "change_threshold": 12.0,  # final mask: colour change (0-255) after a `change_blur` Gaussian
+    "change_blur": 1,
+    "gen_batch": 32,
+}
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise GeneratorError(f"unknown diffusion-tiny params {unknown}; known: {', '.join(sorted(DEFAULT_PARAMS))}")
+    p = {**DEFAULT_PARAMS, **params}
+    if p["scheduler"] not in ("ddim", "dpm++"):
+        raise GeneratorError(f"diffusion-tiny: scheduler must be 'ddim' or 'dpm++', got '{p['scheduler']}'")
+    return p
+
+
+@register
+class TinyDiffusionGenerator(Generator):
+    """Pixel-space tiny UNet, trained per category on CPU, sampled with blended diffusion."""
+
+    name = "diffusion-tiny"
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.p = _params(self.params)
+        self.unet: UNet2DModel | None = None
+        self.noise_scheduler: DDPMScheduler | None = None
+        self.types: list[str] = []
+        self.train_summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ fit / load
+
+    def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
+        import torch
+
+        from anoaug.generators.diffusion.models.tiny_unet import build_tiny_unet
+        from anoaug.generators.diffusion.training import (
+            CHECKPOINT_FILE,
+            CropExample,
+            CropSampler,
+            TrainConfig,
+            make_noise_scheduler,
+            train_tiny,
+        )
+
+        p = self.p
+        if not data.defects:
+            raise GeneratorError(f"diffusion-tiny: category '{data.category}' has no generator-training defects")
+        self.types = data.defect_types
+        index = {t: i for i, t in enumerate(self.types)}
+        examples = [CropExample(d.image, d.mask.astype(bool), index[d.defect_type]) for d in data.defects]
+        normals = data.normal_images(limit=int(p["max_normals"]))
+        sampler = CropSampler(
+            examples,
+            normals,
+            crop=int(p["crop"]),
+            band=int(p["dilate"]),
+            kind=data.kind,
+            normal_fraction=float(p["normal_fraction"]),
+            seed=seed,
+        )
+        torch.manual_seed(seed)  # weight init
+        unet = build_tiny_unet(self._unet_config())
+        cfg = TrainConfig(
+            train_steps=int(p["train_steps"]),
+            time_budget_s=None if p["time_budget_s"] is None else float(p["time_budget_s"]),
+            batch=int(p["batch"]),
+            lr=float(p["lr"]),
+            ctx_weight=float(p["ctx_weight"]),
+            ema_decay=float(p["ema_decay"]),
+            checkpoint_every_s=float(p["checkpoint_every_s"]),
+            bf16=bool(p["bf16"]),
+            seed=seed,
+        )
+        self.noise_scheduler = make_noise_scheduler()
+        try:
+            with cpu_threads(p["threads"]):
+                unet, result = train_tiny(unet, sampler, self.noise_scheduler, cfg, out_dir / CHECKPOINT_FILE)
+        except ValueError as exc:
+            raise GeneratorError(f"diffusion-tiny: {exc}", out_dir) from None
+        self.unet = unet
+        self.train_summary = {
+            "steps": result.steps,
+            "elapsed_s": round(result.elapsed_s, 1),
+            "stopped_by": result.stopped_by,
+            "resumed_from": result.resumed_from,
+            "losses": [round(x, 5) for x in result.losses],
+        }
+        unet.save_pretrained(out_dir / "unet", safe_serialization=True)
+        self.noise_scheduler.save_pretrained(out_dir / "scheduler")
+        meta = {"types": self.types, "unet": self._unet_config().to_dict(), "train": self.train_summary}
+        (out_dir / TINY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    def _unet_config(self) -> TinyUNetConfig:
+        from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+
+        return TinyUNetConfig(
+            sample_size=int(self.p["crop"]),
+            widths=tuple(int(w) for w in self.p["widths"]),
+            layers_per_block=int(self.p["layers_per_block"]),
+            n_types=len(self.types),
+        )
+
+    def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
+        tiny = artifact_dir / TINY_FILE
+        if not tiny.is_file():
+            raise GeneratorError(f"diffusion-tiny artifact is missing {TINY_FILE}", artifact_dir)
+        from diffusers import DDPMScheduler
+
+        info = json.loads(tiny.read_text())
+        self.types = list(info["types"])
+        self.train_summary = info.get("train", {})
+        self.unet = load_tiny_unet(artifact_dir / "unet", n_types=len(self.types), crop=int(self.p["crop"]))
+        try:
+            self.noise_scheduler = DDPMScheduler.from_pretrained(artifact_dir / "scheduler")
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(f"diffusion-tiny: cannot read the noise scheduler: {exc}", artifact_dir) from None
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self.unet is None or self.noise_scheduler is None:
+            raise GeneratorError("diffusion-tiny: generator is not fitted or loaded")
+        for r in batch:
+            if r.defect_type not in self.types:
+                raise GeneratorError(
+                    f"diffusion-tiny was trained on {self.types}, not on defect type '{r.defect_type}'"
+                )
+        out: list[GenerationResult] = []
+        n = max(1, int(self.p["gen_batch"]))
+        with cpu_threads(self.p["threads"]):
+            for i in range(0, len(batch), n):
+                out.extend(self._generate_chunk(batch[i : i + n]))
+        return out
+
+    def _generate_chunk(self, reqs: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+
+        from anoaug.generators.diffusion.blending import blended_sample, changed_mask, composite, make_scheduler
+        from anoaug.generators.diffusion.models.tiny_unet import model_input
+        from anoaug.generators.diffusion.training import mask_channel
+
+        p, crop = self.p, int(self.p["crop"])
+        windows = [_Window.around(r.mask, crop) for r in reqs]
+        known = torch.stack([w.to_crop_tensor(r.normal) for w, r in zip(windows, reqs, strict=True)])
+        mch = torch.stack(
+            [
+                torch.from_numpy(mask_channel(w.crop_mask(r.mask), int(p["dilate"])))[None]
+                for w, r in zip(windows, reqs, strict=True)
+            ]
+        )
+        region = (mch > 0).float()
+        labels = torch.tensor([self.types.index(r.defect_type) for r in reqs], dtype=torch.long)
+        normal_label = torch.full_like(labels, len(self.types))
+        guidance = float(p["guidance"])
+        unet = self.unet
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            inp = model_input(x_t, known, mch)
+            tt = t.reshape(1).expand(x_t.shape[0])
+            if guidance == 1.0:
+                return unet(inp, tt, class_labels=labels).sample
+            both = unet(torch.cat([inp, inp]), torch.cat([tt, tt]), class_labels=torch.cat([labels, normal_label]))
+            cond, uncond = both.sample.chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        scheduler = make_scheduler(str(p["scheduler"]), self.noise_scheduler.config)
+        gens = [torch.Generator().manual_seed(int(r.seed)) for r in reqs]
+        x0 = blended_sample(denoise, scheduler, known, region, int(p["inference_steps"]), gens)
+        results = []
+        for k, (w, r) in enumerate(zip(windows, reqs, strict=True)):
+            gen_full, edit = w.paste(r.normal, x0[k], region[k, 0].numpy() > 0)
+            image = composite(r.normal, gen_full, edit, int(p["feather"]))
+            # What actually changed anywhere in the edit region (mask + generated band), not only the input mask.
+            final = changed_mask(r.normal, image, edit, float(p["change_threshold"]), 0, blur=int(p["change_blur"]))
+            results.append(
+                GenerationResult(
+                    image=image,
+                    mask=final,
+                    info={
+                        "generator": self.name,
+                        "defect_type": r.defect_type,
+                        "seed": int(r.seed),
+                        "scheduler": p["scheduler"],
+                        "inference_steps": int(p["inference_steps"]),
+                        "guidance": guidance,
+                        "window": [w.y0, w.x0, w.side],
+                        "input_mask_px": int(r.mask.sum()),
+                        "edit_px": int(edit.sum()),
+                        "final_mask_px": int(final.sum()),
+                    },
+                )
+            )
+        return results
+
+
+@contextmanager
+def cpu_threads(setting: int | str) -> Iterator[None]:
+    """Temporarily set torch's intra-op CPU threads: an int, or ``auto`` = 1 thread when the machine is
+    already busy (load average >= 75% of the cores), where OpenMP threads mostly spin-wait for each
+    other (measured ~4x more CPU per training step with 2 threads than with 1 on a loaded 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if setting == "auto":
+        busy = os.getloadavg()[0] >= 0.75 * (os.cpu_count() or 1)
+        n = 1 if busy else before
+    else:
+        n = max(1, int(setting))
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_tiny_unet(path: Path, n_types: int, crop: int) -> UNet2DModel:
+    """Load the tiny UNet from ``path`` with clear errors for a bad path or incompatible weights."""
+    from diffusers import UNet2DModel
+
+    from anoaug.generators.diffusion.models.tiny_unet import IN_CHANNELS
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise GeneratorError("diffusion-tiny: no UNet here (expected config.json + safetensors)", path)
+    try:
+        unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise GeneratorError(f"diffusion-tiny: cannot load UNet weights: {str(exc).splitlines()[0]}", path) from None
+    cfg = unet.config
+    problems = []
+    if cfg.in_channels != IN_CHANNELS or cfg.out_channels != 3:
+        problems.append(f"channels {cfg.in_channels}->{cfg.out_channels}, expected {IN_CHANNELS}->3")
+    if cfg.num_class_embeds != n_types + 1:
+        problems.append(f"{cfg.num_class_embeds} class embeddings, expected {n_types + 1} (types + normal)")
+    if cfg.sample_size != crop:
+        problems.append(f"sample_size {cfg.sample_size}, expected crop {crop}")
+    if problems:
+        raise GeneratorError(f"diffusion-tiny: incompatible UNet: {'; '.join(problems)}", path)
+    return unet.eval()
+
+
+class _Window:
+    """A square window around a mask: image px [y0, y0+side) x [x0, x0+side), resized to ``crop``."""
+
+    def __init__(self, y0: int, x0: int, side: int, crop: int) -> None:
+        self.y0, self.x0, self.side, self.crop = y0, x0, side, crop
+
+    @classmethod
+    def around(cls, mask: np.ndarray, crop: int) -> _Window:
+        from anoaug.generators.diffusion.training import window_side
+
+        side = window_side(mask, crop)
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            cy, cx = mask.shape[0] / 2, mask.shape[1] / 2
+        else:
+            cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+        return cls(int(math.floor(cy - side / 2)), int(math.floor(cx - side / 2)), side, crop)
+
+    def _cut(self, img: np.ndarray) -> np.ndarray:
+        from anoaug.generators.diffusion.training import crop_window
+
+        return crop_window(img, self.y0 + self.side / 2, self.x0 + self.side / 2, self.side)
+
+    def to_crop_tensor(self, image: np.ndarray) -> torch.Tensor:
+        import cv2
+        import torch
+
+        win = self._cut(image)
+        if self.side != self.crop:
+            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1).float() / 127.5 - 1
+
+    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
+        import cv2
+
+        win = self._cut(mask.astype(np.uint8)).astype(np.float32)
+        if self.side != self.crop:
+            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
+        return win > (0.5 if self.side == self.crop else 0.25)
+
+    def paste(self, normal: np.ndarray, x0: torch.Tensor, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The generated window pasted into a copy of ``normal``, and the edit region in image px."""
+        import cv2
+        import torch
+
+        win = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        reg = region.astype(np.uint8)
+        if self.side != self.crop:
+            win = cv2.resize(win, (self.side, self.side), interpolation=cv2.INTER_CUBIC)
+            reg = cv2.resize(reg, (self.side, self.side), interpolation=cv2.INTER_NEAREST)
+        h, w = normal.shape[:2]
+        ya, xa = max(self.y0, 0), max(self.x0, 0)
+        yb, xb = min(self.y0 + self.side, h), min(self.x0 + self.side, w)
+        full = normal.copy()
+        edit = np.zeros((h, w), bool)
+        full[ya:yb, xa:xb] = win[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0]
+        edit[ya:yb, xa:xb] = reg[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0] > 0
+        return full, edit

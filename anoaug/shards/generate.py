@@ -1,0 +1,687 @@
+"""Bulk generation of one category into resumable WebDataset shards (the `anoaug generate` stage).
+
+``generate_category`` fits the generator (or loads a given artifact), then writes every missing shard:
+each sample is (normal image chosen by the per-sample rng, mask from the mask synthesizer, generator
+output), PNG-encoded, with its lineage. Counts are per defect type. Shards are written under a
+temporary name and renamed when complete; after each shard both Parquet manifests are rewritten
+atomically. Running the same call again after a crash (even kill -9) keeps the complete shards whose
+sha256 matches, deletes partial and unlisted files and writes the rest, byte-identical to an
+uninterrupted run. A lock file (``flock``, released by the kernel when the process dies) stops a second
+concurrent run on the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from anoaug.data.io import load_image
+from anoaug.data.records import CategoryData
+from anoaug.data.split import SplitManifest
+from anoaug.errors import AnoaugError
+from anoaug.generators.base import (
+    FitData,
+    GenerationRequest,
+    Generator,
+    artifact_hash,
+    get_generator,
+    validate_result,
+)
+from anoaug.shards.format import (
+    ARTIFACT_DIR,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    PARTS_DIR,
+    RUN_FILE,
+    SAMPLES_MANIFEST,
+    SHARDS_MANIFEST,
+    TMP_SUFFIX,
+    check_type_keys,
+    int_seed,
+    sample_at,
+    sample_key,
+    sample_seeds,
+    shard_name,
+    shard_pattern,
+    shard_ranges,
+)
+from anoaug.shards.manifest import GenerationManifest, sha256_file
+from anoaug.shards.writer import EncodedSample, encode_sample, tmp_path, write_shard
+from anoaug.spec import PipelineSpec
+
+ProgressFn = Callable[[int, "int | None"], None]  # (advance, total), as anoaug.pipeline.stages.ProgressFn
+
+
+class ShardError(AnoaugError):
+    """A generation directory cannot be written (locked, foreign contents, inside the dataset)."""
+
+
+class MaskSource(Protocol):
+    """What generation needs from a mask synthesizer (anoaug.masks.synthesis.MaskSynthesizer fits)."""
+
+    def synthesize(
+        self, normal: np.ndarray, defect_type: str, rng: np.random.Generator, normal_key: str | None = None
+    ) -> Any: ...
+
+
+@dataclass
+class GenerationSummary:
+    """What a generate_category call did."""
+
+    out_dir: Path
+    category: str
+    generator: str
+    artifact_dir: Path
+    artifact_hash: str
+    defect_types: list[str]
+    count_per_type: int
+    total: int  # samples in the directory now
+    written: int  # samples written by this call
+    kept: int  # samples kept from an earlier (interrupted) run
+    shards: list[Path] = field(default_factory=list)
+    samples_manifest: Path | None = None
+    shards_manifest: Path | None = None
+    seconds: float = 0.0
+
+
+# --- locking and directory safety -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``<out>/.lock``; ShardError at once when another process holds it."""
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise ShardError(
+                f"another `anoaug generate` (pid {holder}) is writing to this directory; "
+                "wait for it to finish or choose another --out",
+                out_dir,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_output_dir(out_dir: Path, data_root: Path) -> None:
+    """Refuse an output directory inside the input dataset (or containing it)."""
+    out, root = out_dir.resolve(), data_root.resolve()
+    if _inside(out, root):
+        raise ShardError(f"refusing to write generated samples inside the input dataset {root}", out_dir)
+    if _inside(root, out):
+        raise ShardError(f"refusing to write into a directory that contains the input dataset {root}", out_dir)
+
+
+def _owned(path: Path, out_dir: Path, pattern_prefix: str) -> bool:
+    """Whether a file in the output directory is one this module writes (and may delete on --overwrite)."""
+    name = path.name
+    return (
+        name in (SAMPLES_MANIFEST, SHARDS_MANIFEST, RUN_FILE, LOCK_FILE, ARTIFACT_DIR, PARTS_DIR)
+        or name == f".{ARTIFACT_DIR}{TMP_SUFFIX}"
+        or (name.endswith(".tar") and name.startswith(pattern_prefix))
+        or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+    )
+
+
+def _temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
+
+def _clear(out_dir: Path, pattern_prefix: str, keep_artifact: bool = False) -> None:
+    for p in out_dir.iterdir():
+        if p.name == LOCK_FILE or (keep_artifact and p.name == ARTIFACT_DIR):
+            continue
+        if _owned(p, out_dir, pattern_prefix):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+# --- the run configuration --------------------------------------------------------------------------
+
+
+def _run_config(
+    spec: PipelineSpec,
+    data: CategoryData,
+    generator: str,
+    params: dict[str, Any],
+    defect_types: list[str],
+    count_per_type: int,
+    seed: int,
+    shard_size: int,
+    split: SplitManifest,
+    kind: str,
+    artifact: str | None,
+) -> dict[str, Any]:
+    """Everything that decides the samples' bytes; a resume must match it exactly."""
+    normals = split.rows("train_normal")
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": data.dataset,
+        "category": data.category,
+        "generator": generator,
+        "generator_params": params,
+        "artifact": artifact,
+        "defect_types": defect_types,
+        "count_per_type": count_per_type,
+        "seed": seed,
+        "shard_size": shard_size,
+        "masks": spec.masks.model_dump(mode="json"),
+        "kind": kind,
+        "split_seed": split.seed,
+        "normals": sorted(r["sha256"] for r in normals),
+        "gen_train_defects": sorted(r["sha256"] for r in split.rows("gen_train_defect")),
+    }
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        if k in ("artifact_hash", "created"):
+            continue
+        if old.get(k) != new.get(k):
+            a, b = json.dumps(old.get(k))[:40], json.dumps(new.get(k))[:40]
+            diffs.append(f"{k}: {a} -> {b}")
+    return diffs
+
+
+def _read_run(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"unreadable run file ({exc}); use --overwrite to start again", path) from None
+    if not isinstance(obj, dict) or "category" not in obj or "generator" not in obj:
+        raise ShardError("not an anoaug generation run file; use --overwrite to start again", path)
+    return obj
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = tmp_path(path)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+# --- per-sample work (runs in the main process or in pool workers) --------------------------------
+
+
+@dataclass
+class _Context:
+    """Everything a process needs to make samples; built once per process."""
+
+    generator: Generator
+    synthesizer: MaskSource
+    data_root: Path
+    normals: list[dict[str, Any]]  # train_normal split rows
+    defect_types: list[str]
+    seed: int
+    lineage: dict[str, Any]  # constant lineage fields
+    batch_size: int
+    cache_size: int = 64
+    _cache: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+
+    def normal(self, relpath: str) -> np.ndarray:
+        img = self._cache.get(relpath)
+        if img is None:
+            img = load_image(self.data_root / relpath)
+            self._cache[relpath] = img
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(relpath)
+        return img
+
+    def _mask_for(
+        self, defect_type: str, pick: np.random.Generator, mask_rng: np.random.Generator, attempts: int = 5
+    ) -> tuple[dict[str, Any], np.ndarray, Any]:
+        """(normal row, normal image, synthesized mask); another normal when a mask fits nowhere on one."""
+        for attempt in range(attempts):
+            row = self.normals[int(pick.integers(len(self.normals)))]
+            normal = self.normal(row["relpath"])
+            try:
+                return row, normal, self.synthesizer.synthesize(normal, defect_type, mask_rng, row["relpath"])
+            except AnoaugError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def make(self, gs: Sequence[int]) -> list[EncodedSample]:
+        """Encoded samples for global indices ``gs`` (one generator call per ``batch_size``)."""
+        out: list[EncodedSample] = []
+        for start in range(0, len(gs), self.batch_size):
+            chunk = gs[start : start + self.batch_size]
+            reqs, metas = [], []
+            for g in chunk:
+                t, i = sample_at(g, self.defect_types)
+                ss_pick, ss_mask, ss_gen = sample_seeds(self.seed, t, i)
+                row, normal, sm = self._mask_for(t, np.random.default_rng(ss_pick), np.random.default_rng(ss_mask))
+                gen_seed = int_seed(ss_gen)
+                reqs.append(GenerationRequest(normal, sm.mask, t, gen_seed, sm.trimap, row["relpath"]))
+                metas.append((g, t, i, row, gen_seed, sm.params))
+            results = self.generator.generate(reqs)
+            if len(results) != len(reqs):
+                raise AnoaugError(f"generator returned {len(results)} results for {len(reqs)} requests")
+            for req, res, (g, t, i, row, gen_seed, mparams) in zip(reqs, results, metas, strict=True):
+                validate_result(req, res, self.generator.name)
+                key = sample_key(t, i)
+                lineage = {
+                    **self.lineage,
+                    "key": key,
+                    "index": i,
+                    "defect_type": t,
+                    "source_normal": row["relpath"],
+                    "source_normal_sha256": row["sha256"],
+                    "mask_params": mparams,
+                    "sample_seed": gen_seed,
+                    "generator_info": res.info,
+                }
+                out.append(encode_sample(key, g, res.image, res.mask, _jsonable(lineage)))
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays converted) so lineage survives json.dumps."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+_WORKER: _Context | None = None
+
+
+def _worker_init(build: Callable[[], _Context]) -> None:
+    global _WORKER
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER = build()
+
+
+def _worker_make(gs: list[int]) -> list[EncodedSample]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.make(gs)
+
+
+@dataclass
+class _ContextBuilder:
+    """Picklable recipe for a _Context (pool workers rebuild generator and synthesizer from it)."""
+
+    generator_name: str
+    artifact_dir: Path
+    synthesizer: MaskSource | None
+    spec: PipelineSpec
+    data: CategoryData
+    split: SplitManifest
+    kind: str
+    defect_types: list[str]
+    seed: int
+    lineage: dict[str, Any]
+    batch_size: int
+
+    def __call__(self) -> _Context:
+        gen = get_generator(self.generator_name).load(self.artifact_dir)
+        synth = self.synthesizer
+        if synth is None:
+            from anoaug.masks.synthesis import MaskSynthesizer
+
+            synth = MaskSynthesizer.from_split(self.data, self.split, self.spec.masks, self.kind)
+        normals = sorted(self.split.rows("train_normal"), key=lambda r: r["relpath"])
+        return _Context(
+            gen, synth, self.data.root, normals, self.defect_types, self.seed, self.lineage, self.batch_size
+        )
+
+
+# --- the library entry point -------------------------------------------------------------------------
+
+
+def generate_category(
+    spec: PipelineSpec,
+    data: CategoryData,
+    split: SplitManifest,
+    generator_name: str | None,
+    out_dir: str | Path,
+    count_per_type: int | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    *,
+    artifact_dir: str | Path | None = None,
+    shard_size: int | None = None,
+    defect_types: Sequence[str] | None = None,
+    synthesizer: MaskSource | None = None,
+    kind: str | None = None,
+    batch_size: int | None = None,
+) -> GenerationSummary:
+    """Fit ``generator_name`` (or load ``artifact_dir``) and write ``count_per_type`` samples per defect type.
+
+    Unset arguments come from the spec (generator.name/params/artifact, generation.*, seed). Resumes an
+    interrupted run with the same arguments; a directory written with other arguments needs
+    ``overwrite=True``. ``synthesizer`` replaces the spec's mask synthesizer (tests, custom masks).
+    ``progress(advance, total)`` is called as samples are done (first with the samples kept).
+    """
+    t0 = time.perf_counter()
+    gen_name = generator_name or spec.generator.name
+    params = dict(spec.generator.params) if gen_name == spec.generator.name else {}
+    gen_cls = get_generator(gen_name)  # unknown name: GeneratorError listing the available ones
+    n_per_type = int(count_per_type if count_per_type is not None else spec.generation.count_per_type)
+    run_seed = int(seed if seed is not None else spec.seed)
+    n_workers = max(1, int(workers if workers is not None else spec.generation.workers))
+    size = int(shard_size if shard_size is not None else spec.generation.shard_size)
+    batch = int(batch_size if batch_size is not None else spec.generation.batch_size)
+    given_artifact = artifact_dir if artifact_dir is not None else spec.generator.artifact
+    if n_per_type < 1 or size < 1 or batch < 1:
+        raise ShardError("count per type, shard size and batch size must be >= 1")
+
+    types = sorted(defect_types) if defect_types else sorted({r["label"] for r in split.rows("gen_train_defect")})
+    if not types:
+        raise ShardError(f"category '{data.category}' has no generator-training defects to generate from")
+    try:
+        check_type_keys(types)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
+    if not split.rows("train_normal"):
+        raise ShardError(f"category '{data.category}' has no normal training images to draw defects on")
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ShardError("output exists and is not a directory", out)
+    check_output_dir(out, data.root)
+    if kind is None:
+        from anoaug.masks.synthesis import resolve_kind
+
+        kind, _ = resolve_kind(spec.dataset.kind, data)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = shard_pattern(data.category, gen_name).split("%")[0]
+    total = n_per_type * len(types)
+    ranges = shard_ranges(total, size)
+
+    with output_lock(out):
+        ext_artifact = Path(given_artifact).resolve() if given_artifact else None
+        config = _run_config(
+            spec, data, gen_name, params, types, n_per_type, run_seed, size, split, kind,
+            str(ext_artifact) if ext_artifact else None,
+        )  # fmt: skip
+        run_path = out / RUN_FILE
+        old = _read_run(run_path)
+        if overwrite:
+            # Only files this module writes are removed (also those of the run being replaced).
+            old_prefix = shard_pattern(old["category"], old["generator"]).split("%")[0] if old else prefix
+            _clear(out, prefix)
+            _clear(out, old_prefix)
+            old = None
+        elif old is None:
+            # Files of ours without a run record (other files are left alone and do not block).
+            present = sorted(
+                p.name for p in out.iterdir() if _owned(p, out, prefix) and p.name != LOCK_FILE and not _temp(p)
+            )
+            if present:
+                raise ShardError(
+                    f"output directory holds generation files of an unknown run ({', '.join(present[:3])}); "
+                    "use an empty directory or --overwrite",
+                    out,
+                )
+        else:
+            diffs = _config_diff(old, config)
+            if diffs:
+                raise ShardError(
+                    "output directory holds a different generation run (" + "; ".join(diffs[:4]) + "); "
+                    "use another --out or --overwrite to replace it",
+                    out,
+                )
+
+        # Record the run before fitting, so that a crash during the fit resumes (and refits).
+        _write_json(run_path, {**config, "artifact_hash": old.get("artifact_hash") if old else None})
+
+        # The generator artifact: given, reused (same hash as recorded), or fitted now.
+        if ext_artifact is not None:
+            generator = gen_cls.load(ext_artifact)
+            art_dir = ext_artifact
+        else:
+            art_dir = out / ARTIFACT_DIR
+            generator = None
+            if old is not None and art_dir.is_dir() and old.get("artifact_hash"):
+                with contextlib.suppress(AnoaugError, OSError, ValueError):
+                    if artifact_hash(art_dir) == old["artifact_hash"]:
+                        generator = gen_cls.load(art_dir)
+            if generator is None:
+                generator = _fit(gen_cls, params, data, split, kind, out, run_seed)
+        assert generator.artifact_hash is not None
+        if old is not None and old.get("artifact_hash") != generator.artifact_hash:
+            _clear(out, prefix, keep_artifact=True)  # samples of another artifact cannot be kept
+            old = None
+        config["artifact_hash"] = generator.artifact_hash
+        _write_json(run_path, config)
+
+        manifest = _reconcile(out, prefix, ranges, data.category, gen_name)
+        kept = manifest.n_samples
+        if progress is not None:
+            progress(kept, total)
+
+        lineage = {
+            "dataset": data.dataset,
+            "category": data.category,
+            "generator": gen_name,
+            "generator_params": params,
+            "artifact_hash": generator.artifact_hash,
+            "seed": run_seed,
+            "format_version": FORMAT_VERSION,
+        }
+        builder = _ContextBuilder(
+            gen_name, art_dir, synthesizer, spec, data, split, kind, types, run_seed, lineage, batch
+        )
+        missing = [j for j in range(len(ranges)) if j not in manifest.shards]
+        written = 0
+        if missing:
+            written = _write_missing(
+                out, data.category, gen_name, ranges, missing, manifest, builder, generator, synthesizer,
+                n_workers, batch, progress, total,
+            )  # fmt: skip
+
+        if written or not manifest.samples_current():
+            manifest.write_samples()
+
+    shards = [out / manifest.shards[j]["shard"] for j in sorted(manifest.shards)]
+    return GenerationSummary(
+        out_dir=out,
+        category=data.category,
+        generator=gen_name,
+        artifact_dir=art_dir,
+        artifact_hash=generator.artifact_hash,
+        defect_types=types,
+        count_per_type=n_per_type,
+        total=manifest.n_samples,
+        written=written,
+        kept=kept,
+        shards=shards,
+        samples_manifest=out / SAMPLES_MANIFEST,
+        shards_manifest=out / SHARDS_MANIFEST,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+
+
+def _fit(
+    gen_cls: type[Generator],
+    params: dict[str, Any],
+    data: CategoryData,
+    split: SplitManifest,
+    kind: str,
+    out: Path,
+    seed: int,
+) -> Generator:
+    """Fit into ``.artifact.tmp`` and rename to ``artifact`` (a crash never leaves a half artifact)."""
+    final = out / ARTIFACT_DIR
+    tmp = out / f".{ARTIFACT_DIR}{TMP_SUFFIX}"
+    for p in (tmp, final):
+        if p.exists():
+            shutil.rmtree(p)
+    gen = gen_cls(params)
+    gen.fit(FitData.from_split(data, split, kind=kind), tmp, seed=seed)
+    os.replace(tmp, final)
+    return gen_cls.load(final)
+
+
+def _reconcile(out: Path, prefix: str, ranges: list[range], category: str, generator: str) -> GenerationManifest:
+    """Keep listed shards that are intact and complete; delete everything else we wrote."""
+    manifest = GenerationManifest.load(out)
+    changed = False
+    for j in list(manifest.shards):
+        row = manifest.shards[j]
+        p = out / row["shard"]
+        ok = (
+            j < len(ranges)
+            and row["shard"] == shard_name(category, generator, j)
+            and int(row["count"]) == len(ranges[j])
+            and p.is_file()
+            and sha256_file(p) == row["sha256"]
+        )
+        if not ok:
+            manifest.drop(j)
+            changed = True
+    keep = {manifest.shards[j]["shard"] for j in manifest.shards}
+    for p in out.iterdir():
+        stale_tar = p.name.endswith(".tar") and p.name.startswith(prefix) and p.name not in keep
+        if stale_tar or (_temp(p) and p.is_file()):
+            p.unlink()
+    keep_parts = {manifest.part_path(name).name for name in keep}
+    if manifest.parts_dir.is_dir():
+        for p in manifest.parts_dir.iterdir():
+            if p.name not in keep_parts:
+                p.unlink()
+    if changed or not (out / SHARDS_MANIFEST).is_file():
+        manifest.save_shards()
+    return manifest
+
+
+def _write_missing(
+    out: Path,
+    category: str,
+    gen_name: str,
+    ranges: list[range],
+    missing: list[int],
+    manifest: GenerationManifest,
+    builder: _ContextBuilder,
+    generator: Generator,
+    synthesizer: MaskSource | None,
+    n_workers: int,
+    batch: int,
+    progress: ProgressFn | None,
+    total: int,
+) -> int:
+    """Generate and write the missing shards in order; returns the number of samples written."""
+    written = 0
+
+    def on_sample(_: EncodedSample) -> None:
+        nonlocal written
+        written += 1
+        if progress is not None:
+            progress(1, total)
+
+    chunk = max(batch, 8)
+    jobs = [list(ranges[j])[k : k + chunk] for j in missing for k in range(0, len(ranges[j]), chunk)]
+
+    def stream(results: Iterator[list[EncodedSample]]) -> Iterator[EncodedSample]:
+        for res in results:
+            yield from res
+
+    if n_workers <= 1:
+        ctx = builder()
+        samples = stream(ctx.make(gs) for gs in jobs)
+        _write_shards(out, category, gen_name, ranges, missing, manifest, samples, on_sample)
+        return written
+
+    # spawn, not fork: a forked child inherits OpenCV's/torch's thread pools mid-state and can deadlock.
+    mp_ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=mp_ctx, initializer=_worker_init, initargs=(builder,)) as pool:
+        samples = stream(_bounded_map(pool, jobs, 2 * n_workers))
+        _write_shards(out, category, gen_name, ranges, missing, manifest, samples, on_sample)
+    return written
+
+
+def _bounded_map(pool: ProcessPoolExecutor, jobs: list[list[int]], window: int) -> Iterator[list[EncodedSample]]:
+    """Results in job order with at most ``window`` jobs in flight (memory stays flat)."""
+    pending: deque[Future[list[EncodedSample]]] = deque()
+    it = iter(jobs)
+    for job in it:
+        pending.append(pool.submit(_worker_make, job))
+        if len(pending) >= window:
+            break
+    while pending:
+        res = pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_worker_make, nxt))
+        yield res
+
+
+def _write_shards(
+    out: Path,
+    category: str,
+    gen_name: str,
+    ranges: list[range],
+    missing: list[int],
+    manifest: GenerationManifest,
+    samples: Iterator[EncodedSample],
+    on_sample: Callable[[EncodedSample], None],
+) -> None:
+    for j in missing:
+        n = len(ranges[j])
+        shard_samples = (next(samples) for _ in range(n))
+        shard_row, rows = write_shard(out / shard_name(category, gen_name, j), shard_samples, on_sample)
+        if shard_row["count"] != n or [r["global_index"] for r in rows] != list(ranges[j]):
+            raise AnoaugError(f"shard {j} got samples {rows[0]['global_index']}.. instead of {ranges[j]}")
+        shard_row["shard_index"] = j
+        manifest.add(shard_row, [_sample_row(j, r) for r in rows])
+
+
+def _sample_row(shard_index: int, r: dict[str, Any]) -> dict[str, Any]:
+    lin = r["lineage"]
+    return {
+        "shard": r["shard"],
+        "shard_index": shard_index,
+        "key": r["key"],
+        "index": lin["index"],
+        "global_index": r["global_index"],
+        "category": lin["category"],
+        "defect_type": lin["defect_type"],
+        "generator": lin["generator"],
+        "artifact_hash": lin["artifact_hash"],
+        "source_normal": lin["source_normal"],
+        "seed": lin["seed"],
+        "sample_seed": lin["sample_seed"],
+        "image_sha256": r["image_sha256"],
+        "mask_sha256": r["mask_sha256"],
+        "mask_pixels": r["mask_pixels"],
+        "lineage": json.dumps(lin, sort_keys=True, separators=(",", ":")),
+    }
