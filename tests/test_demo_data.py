@@ -233,3 +233,13 @@ def test_cli_demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "already exists" in again.output
     assert runner.invoke(app, ["demo-data", str(out), "-c", "cap", "--overwrite"]).exit_code == 0
     assert runner.invoke(app, ["demo-data", str(out), "-c", "bottle"]).exit_code == 2
+
+
+@pytest.mark.parametrize("size", [64, 96, 128])
+def test_small_sizes_work(tmp_path: Path, size: int) -> None:
+    """Small demo images (used by quick tests and benchmarks) must not crash any defect drawer."""
+    cats = make_demo_dataset(tmp_path, seed=1, size=size, n_train_good=3, n_test_good=2, n_per_defect=4)
+    for cat in cats:
+        masks = sorted((tmp_path / cat / "ground_truth").rglob("*_mask.png"))
+        assert len(masks) == 8
+        assert all(np.asarray(Image.open(m)).max() == 255 for m in masks)

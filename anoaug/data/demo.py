@@ -293,7 +293,7 @@ def _fabric_cut(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, 
         sd = 1 if rng.random() < 0.5 else -1
         start = pts_j[k] + side[k] * sd * (half[k] + rng.uniform(0.5, 2.0) * s)
         a = np.arctan2(-sd * side[k, 1], -sd * side[k, 0]) + rng.normal(0, 0.5)
-        flen = rng.uniform(1.5, 2 * half[k] + 3 * s)
+        flen = rng.uniform(1.5, max(1.5, 2 * half[k] + 3 * s))  # tiny sizes: keep high >= low
         m = 6
         fpts = start + np.outer(np.linspace(0, flen, m), [np.cos(a), np.sin(a)])
         fpts += np.outer(np.linspace(0, 1, m) ** 2, rng.normal(0, 0.8, 2))  # a little curl
