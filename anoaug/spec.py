@@ -122,8 +122,8 @@ class EvaluationSection(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     models: list[str] = Field(
         default_factory=lambda: ["segmenter"],
-        description="segmenter, classifier (defect type, AC), supersimplenet (supervised), "
-        "padim, patchcore (one-class baselines).",
+        description="segmenter, classifier (defect type, AC), supersimplenet (supervised), draem (anomalib DRÆM "
+        "with the arm's defect pairs as anomaly source; Perlin in 'none'), padim, patchcore (one-class baselines).",
     )
     image_size: int = Field(default=128, ge=16)
     epochs: int = Field(default=10, ge=1)

@@ -28,6 +28,7 @@ from anoaug.errors import AnoaugError, ManifestError
 from anoaug.evaluation.baselines import ONE_CLASS_MODELS, fit_predict_one_class
 from anoaug.evaluation.classifier import train_and_test_classifier
 from anoaug.evaluation.datasets import balanced_loader, make_trainer, plain_loader, resize_sample
+from anoaug.evaluation.draem_shards import DRAEM_MIN_SIZE, DRAEM_SIZE_MULTIPLE, fit_predict_draem
 from anoaug.evaluation.metrics import classification_metrics, image_metrics, pixel_metrics
 from anoaug.evaluation.protocol import (
     Arm,
@@ -44,7 +45,7 @@ from anoaug.evaluation.supervised_anomalib import fit_predict_supersimplenet
 from anoaug.spec import EvaluationSection, PipelineSpec
 
 RUN_SCHEMA_VERSION = "1"
-MODELS = ("segmenter", "classifier", "supersimplenet", *ONE_CLASS_MODELS)
+MODELS = ("segmenter", "classifier", "supersimplenet", "draem", *ONE_CLASS_MODELS)
 SSN_MIN_SIZE = 128  # anomalib's feature-space Perlin generator fails on smaller feature maps
 Progress = Callable[[str], None]
 
@@ -156,6 +157,11 @@ def run_evaluation(
         raise AnoaugError(f"unknown evaluation model(s) {unknown}; known: {list(MODELS)}")
     if "supersimplenet" in cfg.models and cfg.image_size < SSN_MIN_SIZE:
         raise AnoaugError(f"supersimplenet needs evaluation.image_size >= {SSN_MIN_SIZE} (got {cfg.image_size})")
+    if "draem" in cfg.models and (cfg.image_size < DRAEM_MIN_SIZE or cfg.image_size % DRAEM_SIZE_MULTIPLE):
+        raise AnoaugError(
+            f"draem needs evaluation.image_size >= {DRAEM_MIN_SIZE} and a multiple of {DRAEM_SIZE_MULTIPLE} "
+            f"(got {cfg.image_size})"
+        )
     if not arm_sources:
         raise AnoaugError("no arms to evaluate")
     if split.category != data.category:
@@ -238,6 +244,13 @@ def run_evaluation(
             f"one-class anomalib model '{cfg.none_baseline}' (pre_trained={cfg.pre_trained}) trained on the "
             f"same normal images at the same size. Gains over 'none' therefore compare supervised training "
             f"on the arm's defects with the one-class baseline; gains over 'real-few' compare like with like."
+            + (
+                " DRÆM ('draem') keeps anomalib's Perlin anomalies in 'none' (Perlin-noise textures unless "
+                "params.draem_dtd_dir names a local DTD); in the other arms its anomalies are the arm's defect "
+                "pairs, pasted under their masks onto normal training images, so gains over 'none' are Perlin vs ours."
+                if "draem" in cfg.models
+                else ""
+            )
         ),
         "generation_quality": generation_quality_status(),
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu"},
@@ -305,6 +318,14 @@ def run_evaluation(
                         "implementation": f"anomalib supersimplenet (supervised={arm.has_defects})",
                         "pretrained_used": used,
                     }
+                    _save_ad(run_dir, scores, maps, eval_r)
+                    record(model_name, arm.name, seed, _ad_metrics(scores, maps, eval_r), impl, t0)
+                elif model_name == "draem":
+                    say(f"seed {seed}: draem/{arm.name} ({len(defects_r[arm.name])} defect pairs, else Perlin)")
+                    scores, maps, source = fit_predict_draem(
+                        normal_r, defects_r[arm.name], eval_r, cfg.epochs, cfg.batch_size, seed, cfg.params
+                    )
+                    impl = {"implementation": f"anomalib draem (anomalies: {source})", "anomaly_source": source}
                     _save_ad(run_dir, scores, maps, eval_r)
                     record(model_name, arm.name, seed, _ad_metrics(scores, maps, eval_r), impl, t0)
                 elif model_name == "classifier":
