@@ -324,7 +324,8 @@ def evaluate_cmd(
     ] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma list of seeds (default: spec's).")] = None,
     models: Annotated[
-        str | None, typer.Option(help="Comma list: segmenter,classifier,padim,patchcore (default: spec's).")
+        str | None,
+        typer.Option(help="Comma list of segmenter,classifier,padim,patchcore,supersimplenet,draem (default: spec's)."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override evaluation.epochs.")] = None,
     image_size: Annotated[int | None, typer.Option(min=16, help="Override evaluation.image_size.")] = None,
@@ -457,11 +458,11 @@ def demo_cmd(
 ) -> None:
     """The whole pipeline on the embedded demo data (demo/cap), then the path of the HTML report."""
     from anoaug.pipeline.config import parse_sets
-    from flows.driver import DEMO_CATEGORY, RunOptions, best_demo_generator, run_targets
+    from flows.driver import DEMO_CATEGORY, best_demo_generator, demo_options, run_targets
 
     gen = generator or best_demo_generator()
     console.print(f"demo: {DEMO_CATEGORY} with generator {gen}", highlight=False)
-    opts = RunOptions(out=out, generator=gen, sets=parse_sets(sets), force=force, verbose=verbose)
+    opts = demo_options(gen, parse_sets(sets), out=out, force=force, verbose=verbose)
     run_targets([DEMO_CATEGORY], opts, console)
 
 

@@ -1,0 +1,507 @@
+"""The pipeline of one category as plain, idempotent stage functions.
+
+Each ``stage_*`` function computes its fingerprint (``*_fingerprint``: the spec section it reads plus
+the content hashes of its inputs), and skips its work when ``<stage dir>/stage.json`` records that
+fingerprint as done and the outputs are still there. Otherwise it clears the stage directory (unless
+an interrupted run with the same fingerprint can be resumed), runs, hashes its outputs and records
+them. A failure is raised as ``StageError`` naming the stage and the cause, with the traceback in
+``<stage dir>/error.log``.
+
+Layout of a run directory (``<out>/<dataset>/<category>/``)::
+
+    split/split.parquet        masks/...        generate/<generator>/...
+    evaluate/...               report/report.html ...          run.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from anoaug.errors import AnoaugError, SpecError
+from anoaug.pipeline.fingerprint import files_hash, fingerprint, listing_hash
+from anoaug.spec import PipelineSpec
+
+STAGE_FILE = "stage.json"
+ERROR_FILE = "error.log"
+STAGES = ("split", "masks", "generate", "evaluate", "report")
+
+
+class StageError(AnoaugError):
+    """A stage failed; ``stage`` names it and ``cause`` is the original exception."""
+
+    def __init__(self, stage: str, cause: BaseException, log: Path | None = None) -> None:
+        self.stage = stage
+        self.cause = cause
+        self.log = log
+        where = f" (traceback: {log})" if log is not None else ""
+        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}{where}")
+
+    @property
+    def retryable(self) -> bool:
+        """False for bad input (AnoaugError): retrying cannot help. True for anything else (I/O, memory)."""
+        return not isinstance(self.cause, AnoaugError)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Dask workers and Prefect results
+        return (type(self), (self.stage, self.cause, self.log))
+
+
+class StageResult(BaseModel):
+    """What a stage produced: where, under which fingerprint, and the hash of its outputs."""
+
+    stage: str
+    fingerprint: str
+    out_dir: str
+    outputs: dict[str, str] = Field(default_factory=dict, description="name -> path relative to out_dir")
+    content_hash: str = ""
+    status: Literal["running", "done"] = "done"
+    skipped: bool = False
+    seconds: float = 0.0
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        """Absolute path of the output called `name`."""
+        return Path(self.out_dir) / self.outputs[name]
+
+    def outputs_exist(self) -> bool:
+        return all((Path(self.out_dir) / rel).exists() for rel in self.outputs.values())
+
+
+@dataclass
+class StageOutput:
+    """What a stage body returns: its outputs (paths under the stage dir) and small JSON info."""
+
+    outputs: dict[str, Path]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- progress (the CLI installs a rich reporter; library code stays UI-free) ----------------------
+
+ProgressFn = Callable[..., None]  # progress(advance, total) for counted work, progress("message") for status
+_reporter: Callable[[str], ProgressFn] | None = None
+
+
+def set_progress_reporter(factory: Callable[[str], ProgressFn] | None) -> None:
+    """Install `factory(description) -> progress`; None turns progress off.
+
+    A progress callback is called as ``progress(advance, total)`` (samples done, total or None) or
+    ``progress("message")`` (a status line: evaluation reports what it is training).
+    """
+    global _reporter
+    _reporter = factory
+
+
+def progress_for(description: str) -> ProgressFn | None:
+    """The progress callback for a long stage, or None when no reporter is installed."""
+    return _reporter(description) if _reporter is not None else None
+
+
+StageListener = Callable[[str, str, "StageResult | None"], None]  # (event "start"|"done", stage, result)
+_listener: StageListener | None = None
+
+
+def set_stage_listener(listener: StageListener | None) -> None:
+    """Install a callback told when each stage starts and finishes (the CLI prints a line)."""
+    global _listener
+    _listener = listener
+
+
+def notify(event: str, stage: str, result: StageResult | None) -> None:
+    """Tell the installed listener (if any) about a stage event; never raises."""
+    if _listener is not None:
+        with contextlib.suppress(Exception):  # a display problem must not fail the pipeline
+            _listener(event, stage, result)
+
+
+# --- the idempotent stage runner --------------------------------------------------------------------
+
+
+def read_stage(out_dir: str | Path) -> StageResult | None:
+    """The stage record in `out_dir`, or None if absent or unreadable."""
+    path = Path(out_dir) / STAGE_FILE
+    try:
+        return StageResult.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(out_dir: str | Path, fp: str) -> bool:
+    """True when `out_dir` holds finished outputs for fingerprint `fp`."""
+    rec = read_stage(out_dir)
+    return rec is not None and rec.status == "done" and rec.fingerprint == fp and rec.outputs_exist()
+
+
+def _write_stage(out_dir: Path, result: StageResult) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{STAGE_FILE}.", dir=out_dir)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(result.model_dump_json(indent=2))
+    os.replace(tmp, out_dir / STAGE_FILE)
+
+
+def _clear(out_dir: Path) -> None:
+    """Empty a stage directory this package made (it holds a stage record); leave others alone."""
+    if (out_dir / STAGE_FILE).is_file():
+        for child in out_dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def run_stage(
+    stage: str,
+    fp: str,
+    out_dir: str | Path,
+    body: Callable[[Path, bool], StageOutput],
+    force: bool = False,
+) -> StageResult:
+    """Run `body(out_dir, resume)` unless `out_dir` already holds its outputs for fingerprint `fp`.
+
+    `resume` is True when an interrupted run with the same fingerprint left partial outputs (a
+    resumable body, like shard writing, continues from them); otherwise the directory is cleared.
+    """
+    out_dir = Path(out_dir).resolve()
+    existing = read_stage(out_dir)
+    if not force and existing is not None and is_complete(out_dir, fp):
+        return existing.model_copy(update={"skipped": True, "seconds": 0.0})
+    resume = not force and existing is not None and existing.fingerprint == fp and existing.status == "running"
+    if out_dir.exists() and not resume:
+        _clear(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+    _write_stage(out_dir, StageResult(stage=stage, fingerprint=fp, out_dir=str(out_dir), status="running"))
+    t0 = time.perf_counter()
+    try:
+        produced = body(out_dir, resume)
+    except StageError:
+        raise
+    except Exception as exc:
+        log = out_dir / ERROR_FILE
+        log.write_text("".join(traceback.format_exception(exc)))
+        raise StageError(stage, exc, log) from exc
+    outputs = {name: _rel(p, out_dir) for name, p in produced.outputs.items()}
+    result = StageResult(
+        stage=stage,
+        fingerprint=fp,
+        out_dir=str(out_dir),
+        outputs=outputs,
+        content_hash=files_hash(out_dir, sorted(outputs.values())),
+        status="done",
+        seconds=round(time.perf_counter() - t0, 3),
+        info=json.loads(json.dumps(produced.info, default=str)),
+    )
+    missing = [n for n, rel in outputs.items() if not (out_dir / rel).exists()]
+    if missing:
+        raise StageError(stage, AnoaugError(f"stage did not write its outputs {missing}", out_dir))
+    _write_stage(out_dir, result)
+    return result
+
+
+def _rel(path: Path, base: Path) -> str:
+    path = Path(path)
+    path = path if path.is_absolute() else base / path
+    try:
+        return path.resolve().relative_to(base).as_posix()
+    except ValueError:
+        return str(path.resolve())  # outside the stage dir: kept absolute
+
+
+# --- run context -----------------------------------------------------------------------------------
+
+
+def run_dir_for(spec: PipelineSpec, out: str | Path) -> Path:
+    """`<out>/<dataset>/<category>`: where one category's stages write."""
+    return Path(out).resolve() / spec.dataset.name / spec.dataset.category
+
+
+def stage_dir(run_dir: str | Path, stage: str, generator: str | None = None) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    base = Path(run_dir) / stage
+    return base / generator if generator else base
+
+
+def arm_generator(arm: str) -> str | None:
+    """The generator an evaluation arm trains on: 'none'/'real-few' none, '<gen>' and '<gen>+real' gen.
+
+    The same rule as anoaug.evaluation.protocol.parse_arm, without importing the training stack.
+    """
+    if arm in ("none", "real-few"):
+        return None
+    return arm[: -len("+real")] if arm.endswith("+real") else arm
+
+
+def generators_for(spec: PipelineSpec) -> list[str]:
+    """Generators to fit and sample: spec.generator.name, then every generator an arm names."""
+    names = [spec.generator.name]
+    for arm in spec.evaluation.arms:
+        gen = arm_generator(arm)
+        if gen is not None and gen not in names:
+            names.append(gen)
+    return names
+
+
+def generator_params(spec: PipelineSpec, name: str) -> dict[str, Any]:
+    """spec.generator.params apply to spec.generator.name; other generators run with defaults."""
+    return dict(spec.generator.params) if name == spec.generator.name else {}
+
+
+def _read_data(spec: PipelineSpec, root: str | Path):  # -> CategoryData
+    from anoaug.data.formats import read_category
+
+    return read_category(root, spec.dataset.category, spec.dataset.format)
+
+
+def _read_split(split: StageResult):  # -> SplitManifest
+    from anoaug.data.split import read_split
+
+    return read_split(split.path("split"))
+
+
+# --- split ------------------------------------------------------------------------------------------
+
+
+def split_fingerprint(spec: PipelineSpec, root: str | Path) -> str:
+    """Split section + seed + the dataset listing (paths, sizes, mtimes: no file is read)."""
+    data = _read_data(spec, root)
+    rels = [r.relpath for r in data.records] + [r.mask_relpath for r in data.records if r.mask_relpath]
+    return fingerprint(
+        "split", spec.dataset.name, spec.dataset.category, spec.seed, spec.split, listing_hash(root, rels)
+    )
+
+
+def stage_split(spec: PipelineSpec, root: str | Path, run_dir: str | Path, force: bool = False) -> StageResult:
+    """Write the leak-free split manifest of the category (`split/split.parquet`)."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.data.split import make_split, write_split
+
+        data = _read_data(spec, root)
+        s = spec.split
+        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+        path = write_split(manifest, out / "split.parquet", root=root)
+        counts: dict[str, int] = {}
+        for role in manifest.table.column("role").to_pylist():
+            counts[role] = counts.get(role, 0) + 1
+        return StageOutput({"split": path}, {"counts": counts, "defect_types": manifest.defect_types()})
+
+    return run_stage("split", split_fingerprint(spec, root), stage_dir(run_dir, "split"), body, force)
+
+
+# --- masks ------------------------------------------------------------------------------------------
+
+
+def masks_fingerprint(spec: PipelineSpec, split: StageResult) -> str:
+    return fingerprint("masks", spec.dataset.kind, spec.seed, spec.masks, split.content_hash)
+
+
+def stage_masks(
+    spec: PipelineSpec, root: str | Path, run_dir: str | Path, split: StageResult, force: bool = False
+) -> StageResult:
+    """Foreground + synthesized masks (a QA sample of what generation will place)."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.pipeline import adapters
+
+        return adapters.run_masks(spec, _read_data(spec, root), _read_split(split), out)
+
+    return run_stage("masks", masks_fingerprint(spec, split), stage_dir(run_dir, "masks"), body, force)
+
+
+# --- generate ---------------------------------------------------------------------------------------
+
+
+def generate_fingerprint(spec: PipelineSpec, split: StageResult, masks: StageResult | None, generator: str) -> str:
+    """Generator name + its params + generation and masks sections + seed + split and masks hashes."""
+    return fingerprint(
+        "generate",
+        generator,
+        generator_params(spec, generator),
+        spec.generation,
+        spec.masks,
+        spec.dataset.kind,
+        spec.seed,
+        split.content_hash,
+        masks.content_hash if masks is not None else None,
+    )
+
+
+def stage_generate(
+    spec: PipelineSpec,
+    root: str | Path,
+    run_dir: str | Path,
+    split: StageResult,
+    masks: StageResult | None,
+    generator: str,
+    force: bool = False,
+) -> StageResult:
+    """Fit `generator` on the generator-training split and write resumable shards."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.pipeline import adapters
+
+        return adapters.run_generate(
+            spec,
+            _read_data(spec, root),
+            _read_split(split),
+            generator,
+            out,
+            resume,
+            progress_for(f"generate {generator}"),
+        )
+
+    fp = generate_fingerprint(spec, split, masks, generator)
+    return run_stage(f"generate:{generator}", fp, stage_dir(run_dir, "generate", generator), body, force)
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+def evaluate_fingerprint(spec: PipelineSpec, split: StageResult, generated: dict[str, StageResult]) -> str:
+    """Evaluation section + seed + split hash + the output hash of every generator it trains on."""
+    return fingerprint(
+        "evaluate",
+        spec.evaluation,
+        spec.seed,
+        split.content_hash,
+        {name: r.content_hash for name, r in sorted(generated.items())},
+    )
+
+
+def stage_evaluate(
+    spec: PipelineSpec,
+    root: str | Path,
+    run_dir: str | Path,
+    split: StageResult,
+    generated: dict[str, StageResult],
+    force: bool = False,
+) -> StageResult:
+    """Train the downstream models per arm and seed; evaluate on the held-out real images."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.pipeline import adapters
+
+        sources = {name: Path(r.out_dir) for name, r in generated.items()}
+        return adapters.run_evaluate(
+            spec, _read_data(spec, root), _read_split(split), sources, out, progress_for("evaluate")
+        )
+
+    fp = evaluate_fingerprint(spec, split, generated)
+    return run_stage("evaluate", fp, stage_dir(run_dir, "evaluate"), body, force)
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def report_fingerprint(spec: PipelineSpec, evaluation: StageResult) -> str:
+    return fingerprint("report", spec.dataset.name, spec.dataset.category, evaluation.content_hash)
+
+
+def stage_report(spec: PipelineSpec, run_dir: str | Path, evaluation: StageResult, force: bool = False) -> StageResult:
+    """report.json/md/html and results.csv from the evaluation outputs."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.pipeline import adapters
+
+        return adapters.run_report(spec, Path(evaluation.out_dir), out)
+
+    fp = report_fingerprint(spec, evaluation)
+    return run_stage("report", fp, stage_dir(run_dir, "report"), body, force)
+
+
+# --- whole-pipeline status --------------------------------------------------------------------------
+
+
+def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> list[StageResult] | None:
+    """The recorded results of every stage, in order, if all are complete for this spec and data.
+
+    Walks the fingerprint chain using the recorded output hashes (nothing is recomputed). None as
+    soon as one stage would run: a rerun with unchanged inputs can then stop here, before any
+    orchestration starts.
+    """
+
+    def done(out_dir: Path, fp: str) -> StageResult | None:
+        rec = read_stage(out_dir)
+        ok = rec is not None and is_complete(out_dir, fp)
+        return rec.model_copy(update={"skipped": True, "seconds": 0.0}) if ok and rec is not None else None
+
+    try:
+        split = done(stage_dir(run_dir, "split"), split_fingerprint(spec, root))
+        if split is None:
+            return None
+        masks = done(stage_dir(run_dir, "masks"), masks_fingerprint(spec, split))
+        if masks is None:
+            return None
+        results = [split, masks]
+        generated: dict[str, StageResult] = {}
+        for name in generators_for(spec):
+            g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name))
+            if g is None:
+                return None
+            generated[name] = g
+            results.append(g)
+        ev = done(stage_dir(run_dir, "evaluate"), evaluate_fingerprint(spec, split, generated))
+        if ev is None:
+            return None
+        rep = done(stage_dir(run_dir, "report"), report_fingerprint(spec, ev))
+        return None if rep is None else [*results, ev, rep]
+    except AnoaugError:
+        return None  # let the real run report the problem
+
+
+# --- dataset root -----------------------------------------------------------------------------------
+
+DEMO_DATASET = "demo"
+
+
+def resolve_data_root(spec: PipelineSpec, data_root: str | Path | None, out: str | Path) -> Path:
+    """The dataset root (see PipelineSpec.resolve_root); for the demo dataset, made if missing.
+
+    Demo data goes to --data-root, else $<dataset.root_env> (ANOAUG_DEMO_ROOT), else `<out>/data/demo`.
+    """
+    if spec.dataset.name != DEMO_DATASET:
+        return spec.resolve_root(data_root)
+    return ensure_demo_data(demo_root_for(spec, data_root, out), spec.dataset.category)
+
+
+def demo_root_for(spec: PipelineSpec, data_root: str | Path | None, out: str | Path) -> Path:
+    """Where the demo data of a run lives (see resolve_data_root)."""
+    root = data_root or os.environ.get(spec.dataset.root_env) or spec.dataset.root or Path(out) / "data" / "demo"
+    return Path(root).expanduser().resolve()
+
+
+def ensure_demo_data(root: str | Path, category: str, seed: int = 0) -> Path:
+    """Write demo category `category` under `root` unless present (atomically: temp dir + rename)."""
+    from anoaug.data.demo import CATEGORIES, make_demo_dataset
+
+    root = Path(root).expanduser().resolve()
+    if category not in CATEGORIES:
+        raise SpecError(f"unknown demo category {category!r}; demo categories: {', '.join(sorted(CATEGORIES))}")
+    target = root / category
+    if target.is_dir() and any(target.iterdir()):
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=root))
+    try:
+        make_demo_dataset(tmp, seed=seed, categories=[category])
+        if target.is_dir():
+            target.rmdir()  # empty (checked above)
+        try:
+            os.replace(tmp / category, target)
+        except OSError:
+            if not (target.is_dir() and any(target.iterdir())):  # lost a race to another writer: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
