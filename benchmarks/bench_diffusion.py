@@ -61,6 +61,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
     import torch
 
     from anoaug.generators.diffusion.models.tiny_unet import model_input
+    from anoaug.generators.diffusion.tiny import cpu_threads
 
     params = {"inference_steps": args.steps, "scheduler": args.scheduler, "gen_batch": args.batch}
     if args.artifact:
@@ -80,14 +81,16 @@ def bench_overhead(args: argparse.Namespace) -> None:
 
     def forward() -> None:
         with torch.no_grad():
-            gen.unet(model_input(x, x, mch), t, class_labels=labels)
+            inp = model_input(x, x, mch).contiguous(memory_format=torch.channels_last)
+            gen.unet(inp, t, class_labels=labels)
 
-    forward()
     gen.generate(reqs)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(args.repeat * args.steps):
+    with cpu_threads(gen.p["gen_threads"]):  # the same threads as generate()
         forward()
-    t_fwd = (time.perf_counter() - t0) / (args.repeat * args.steps)
+        t0 = time.perf_counter()
+        for _ in range(args.repeat * args.steps):
+            forward()
+        t_fwd = (time.perf_counter() - t0) / (args.repeat * args.steps)
     t0 = time.perf_counter()
     for _ in range(args.repeat):
         gen.generate(reqs)
