@@ -81,6 +81,9 @@ class GenerationRequest:
     seed: int
     trimap: np.ndarray | None = None  # (H, W) uint8: 255 defect, 127 object, 0 background
     normal_key: str | None = None  # where `normal` came from (relpath), for lineage and caches
+    # How `mask` was synthesized (SynthesizedMask.params: source_image, component, angle, scale, tx, ty, ...);
+    # None for masks of unknown origin. Generators that cannot use it ignore it.
+    mask_params: dict[str, Any] | None = None
 
     @property
     def allowed(self) -> np.ndarray:

@@ -11,9 +11,18 @@ synthesized mask's, centres it on the synthesized mask's box, and blends it in: 
 (inside the object, when a trimap is given), so the final mask is what was actually pasted; if that
 region falls off the object the synthesized mask is used as the region instead (``info["fallback"]``).
 
+Matched paste (``match``, default on): when the request's ``mask_params`` say the synthesized mask is a
+training defect's mask (or one component group of it, see ``anoaug.masks.synthesis``) under a recorded
+rotation/scale/offset, and that defect is one this generator was fitted on, the defect's own pixels are
+warped with the very same transform (``anoaug.masks.synthesis.affine_warp``) and blended under the
+synthesized mask, so texture and mask fit exactly (no colour jitter). The transform is re-applied to the
+stored mask first and must reproduce the requested mask bit for bit; otherwise, and for masks of unknown
+origin (Perlin, hand-made), the rescaled crop above is used. ``info["source"]`` is "matched" or "rescaled".
+
 Params: ``blend`` ("alpha" | "poisson" | "poisson-mixed" | "none"), ``feather`` (px, default 2),
 ``context`` (px of surroundings kept around each crop, default 6), ``min_pixels`` (smallest component
-kept, default 9), ``jitter`` (colour jitter, default 0.05), ``max_scale`` (uniform scale clamp, 3.0).
+kept, default 9), ``jitter`` (colour jitter, default 0.05), ``max_scale`` (uniform scale clamp, 3.0),
+``match`` (use the matched paste when possible, default true).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from anoaug.generators.base import (
     register,
 )
 from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
+from anoaug.masks.synthesis import AFFINE_PAD, affine_warp, split_components
 
 DEFAULTS: dict[str, Any] = {
     "blend": "alpha",
@@ -46,8 +56,11 @@ DEFAULTS: dict[str, Any] = {
     "min_pixels": 9,
     "jitter": 0.05,
     "max_scale": 3.0,
+    "match": True,
 }
 CROPS_INDEX = "crops.json"
+SOURCES_INDEX = "sources.json"
+DEFAULT_SPLIT = {"gap": 3, "min_area": 8}  # MasksSection's defaults, for mask_params without "split"
 
 
 @dataclass
@@ -57,6 +70,27 @@ class _Crop:
     defect_type: str
     name: str
     relpath: str
+
+
+@dataclass
+class _Source:
+    """One whole training defect for the matched paste: its full-size mask and the image around it."""
+
+    mask: np.ndarray  # (H, W) bool, the full real mask
+    patch: np.ndarray  # (y1 - y0, x1 - x0, 3) uint8, the image inside `box`
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the defect image (mask bbox + AFFINE_PAD, clipped)
+    defect_type: str
+
+    def image_window(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Image pixels of [y0:y1, x0:x1] in defect-image coordinates; edge-replicated off the image."""
+        bx0, by0, bx1, by1 = self.box
+        H, W = self.mask.shape
+        cx0, cy0, cx1, cy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+        inner = self.patch[cy0 - by0 : cy1 - by0, cx0 - bx0 : cx1 - bx0]
+        # The patch covers the window wherever the window is on the image (it holds the mask bbox + pad).
+        assert cx0 - x0 == max(0, -x0) and x1 - cx1 == max(0, x1 - W), "window leaves the stored patch"
+        assert cy0 - y0 == max(0, -y0) and y1 - cy1 == max(0, y1 - H), "window leaves the stored patch"
+        return cv2.copyMakeBorder(inner, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
 
 
 @register
@@ -82,6 +116,8 @@ class CropPasteGenerator(Generator):
             ]
         )
         self._crops: dict[str, list[_Crop]] = {}
+        self._sources: dict[str, _Source] = {}
+        self._groups: dict[tuple[str, int, int], list[np.ndarray]] = {}
 
     # --- fit / load ---------------------------------------------------------------------------
 
@@ -92,8 +128,20 @@ class CropPasteGenerator(Generator):
         crop_dir.mkdir(parents=True, exist_ok=True)
         ctx = int(self.params["context"])
         min_px = int(self.params["min_pixels"])
-        index = []
+        src_dir = out_dir / "sources"
+        src_dir.mkdir(parents=True, exist_ok=True)
+        index, sources = [], []
         for d_i, ex in enumerate(sorted(data.defects, key=lambda d: d.relpath)):
+            if ex.mask.any():
+                H, W = ex.mask.shape
+                bx, by, bw, bh = bbox(ex.mask)  # type: ignore[misc]
+                box = [max(0, bx - AFFINE_PAD), max(0, by - AFFINE_PAD)]
+                box += [min(W, bx + bw + AFFINE_PAD), min(H, by + bh + AFFINE_PAD)]
+                name = f"{d_i:04d}"
+                patch = ex.image[box[1] : box[3], box[0] : box[2]]
+                _write_png(src_dir / f"{name}.png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+                _write_png(src_dir / f"{name}_mask.png", ex.mask.astype(np.uint8) * 255)
+                sources.append({"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": box})
             n, labels, stats, _ = cv2.connectedComponentsWithStats(ex.mask.astype(np.uint8), connectivity=8)
             comps = [c for c in range(1, n) if stats[c, cv2.CC_STAT_AREA] >= min_px]
             if not comps and ex.mask.sum() > 0:
@@ -111,6 +159,7 @@ class CropPasteGenerator(Generator):
                     {"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": [x0, y0, x1, y1]}
                 )
         (out_dir / CROPS_INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+        (out_dir / SOURCES_INDEX).write_text(json.dumps(sources, indent=1, sort_keys=True))
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
         index_path = artifact_dir / CROPS_INDEX
@@ -126,6 +175,17 @@ class CropPasteGenerator(Generator):
                 relpath=row["relpath"],
             )
             self._crops.setdefault(crop.defect_type, []).append(crop)
+        # Artifacts from before the matched paste have no sources: they always use the rescaled crop.
+        self._sources, self._groups = {}, {}
+        sources_path = artifact_dir / SOURCES_INDEX
+        rows = json.loads(sources_path.read_text()) if sources_path.is_file() else []
+        for row in rows:
+            self._sources[row["relpath"]] = _Source(
+                mask=load_mask(artifact_dir / "sources" / f"{row['name']}_mask.png"),
+                patch=load_image(artifact_dir / "sources" / f"{row['name']}.png"),
+                box=tuple(int(v) for v in row["box"]),  # type: ignore[arg-type]
+                defect_type=row["defect_type"],
+            )
 
     def fit(self, data: FitData, out_dir: str | Path, seed: int = 0) -> Path:
         out = super().fit(data, out_dir, seed)
@@ -140,6 +200,83 @@ class CropPasteGenerator(Generator):
         return [self._one(req) for req in batch]
 
     def _one(self, req: GenerationRequest) -> GenerationResult:
+        miss = None
+        if req.mask_params is not None and self.params["match"]:
+            matched = self._matched(req, req.mask_params)
+            if isinstance(matched, GenerationResult):
+                return matched
+            miss = matched
+        res = self._rescaled(req)
+        res.info["source"] = "rescaled"
+        if miss is not None:
+            res.info["match_miss"] = miss
+        return res
+
+    def _matched(self, req: GenerationRequest, mp: dict[str, Any]) -> GenerationResult | str:
+        """The source defect warped exactly as its mask was, blended under ``req.mask``; else why not."""
+        key = mp.get("source_image")
+        src = self._sources.get(key) if isinstance(key, str) else None
+        if src is None:
+            return "source not a fitted training defect"
+        if src.defect_type != req.defect_type:
+            return f"source is a '{src.defect_type}' defect"
+        try:
+            comp, angle = int(mp["component"]), float(mp["angle"])
+            scale = float(mp["scale"]) * float(mp.get("resolution_scale", 1.0))
+            tx, ty = int(mp["tx"]), int(mp["ty"])
+        except (KeyError, TypeError, ValueError):
+            return "mask_params lack component/angle/scale/tx/ty"
+        part = self._component(key, src, comp, mp.get("split"))
+        if part is None:
+            return f"no component {comp} in the source mask"
+        x, y, w, h = bbox(part)  # type: ignore[misc]
+        p = AFFINE_PAD
+        padded = np.pad(part[y : y + h, x : x + w].astype(np.uint8) * 255, p)
+        frame = affine_warp(padded, angle, scale) >= 128
+        fb = bbox(frame)
+        if fb is None:
+            return "the warped source mask is empty"
+        fx, fy, fw, fh = fb
+        H, W = req.mask.shape
+        tight = frame[fy : fy + fh, fx : fx + fw]
+        if (
+            tx < 0 or ty < 0 or tx + fw > W or ty + fh > H
+            or not np.array_equal(req.mask[ty : ty + fh, tx : tx + fw], tight)
+            or int(np.count_nonzero(req.mask)) != int(np.count_nonzero(tight))
+        ):
+            return "re-warped source mask differs from the requested mask"
+        # Warp the image patch of the padded crop's exact size: same frame, so it lands under the mask.
+        f_img = affine_warp(src.image_window(x - p, y - p, x + w + p, y + h + p), angle, scale)
+        f_valid = affine_warp(np.full(padded.shape, 255, np.uint8), angle, scale) == 255  # no zero border mixed in
+        placed, valid = _place(req.normal, f_img, f_valid, tx - fx, ty - fy)
+        src_img = np.where(valid[..., None], placed, req.normal)
+        region = req.mask.astype(bool) & req.allowed
+        out, final, used = blend(req.normal, src_img, region, self.params["blend"], float(self.params["feather"]))
+        info = {
+            "source": "matched",
+            "crop_source": key,
+            "component": comp,
+            "angle": round(angle, 4),
+            "scale": round(scale, 4),
+            "offset": [tx - fx, ty - fy],
+            "blend": used,
+            "fallback": False,
+        }
+        return GenerationResult(image=out, mask=final, info=info)
+
+    def _component(self, key: str, src: _Source, comp: int, split: Any) -> np.ndarray | None:
+        """The (H, W) bool mask the synthesizer's bank entry was cut from: whole mask (-1) or component group."""
+        if comp < 0:
+            return src.mask
+        split = {**DEFAULT_SPLIT, **(split if isinstance(split, dict) else {})}
+        gap, min_area = int(split["gap"]), int(split["min_area"])
+        groups = self._groups.get((key, gap, min_area))
+        if groups is None:
+            groups = self._groups[(key, gap, min_area)] = split_components(src.mask, gap, min_area)
+        return groups[comp] if comp < len(groups) else None
+
+    def _rescaled(self, req: GenerationRequest) -> GenerationResult:
+        """A random crop of the requested type, flipped/rotated/jittered and rescaled to the mask's area and box."""
         crops = self._crops.get(req.defect_type)
         if not crops:
             raise GeneratorError(

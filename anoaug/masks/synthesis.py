@@ -150,13 +150,16 @@ class MaskBank:
         return bank
 
 
-def affine_mask(crop: np.ndarray, angle: float, scale: float) -> np.ndarray:
-    """Rotate (degrees) and scale a bool crop with albumentations; returns the tight bool crop (may be empty).
+AFFINE_PAD = 2  # px of zeros around a bank crop before ``affine_mask`` warps it
 
-    The 0/255 crop is padded, warped with bilinear interpolation and thresholded at half, which keeps the
-    area closer to scale**2 times the source than nearest-neighbour warping.
+
+def affine_warp(array: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """Rotate (degrees) and scale an (h, w) or (h, w, c) array exactly as ``affine_mask`` does.
+
+    The whole warped frame is returned (albumentations ``Affine`` with ``fit_output``, bilinear, zero
+    border), so any two arrays of the same (h, w) land on the same output pixels: warping a defect image
+    patch of the padded mask crop's size puts its pixels under the warped mask.
     """
-    src = np.pad(crop.astype(np.uint8) * 255, 2)
     tf = A.Affine(
         rotate=(angle, angle),
         scale=(scale, scale),
@@ -166,7 +169,17 @@ def affine_mask(crop: np.ndarray, angle: float, scale: float) -> np.ndarray:
         fill=0,
         p=1.0,
     )
-    out = tf(image=src)["image"] >= 128
+    return tf(image=array)["image"]
+
+
+def affine_mask(crop: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """Rotate (degrees) and scale a bool crop with albumentations; returns the tight bool crop (may be empty).
+
+    The 0/255 crop is padded by ``AFFINE_PAD``, warped with ``affine_warp`` (bilinear) and thresholded at
+    half, which keeps the area closer to scale**2 times the source than nearest-neighbour warping.
+    """
+    src = np.pad(crop.astype(np.uint8) * 255, AFFINE_PAD)
+    out = affine_warp(src, angle, scale) >= 128
     if not out.any():
         return np.zeros((0, 0), bool)
     return _crop(out)

@@ -279,7 +279,11 @@ class _Context:
                 ss_pick, ss_mask, ss_gen = sample_seeds(self.seed, t, i)
                 row, normal, sm = self._mask_for(t, np.random.default_rng(ss_pick), np.random.default_rng(ss_mask))
                 gen_seed = int_seed(ss_gen)
-                reqs.append(GenerationRequest(normal, sm.mask, t, gen_seed, sm.trimap, row["relpath"]))
+                reqs.append(
+                    GenerationRequest(
+                        normal, sm.mask, t, gen_seed, sm.trimap, row["relpath"], _mask_params(sm, self.synthesizer)
+                    )
+                )
                 metas.append((g, t, i, row, gen_seed, sm.params))
             results = self.generator.generate(reqs)
             if len(results) != len(reqs):
@@ -300,6 +304,22 @@ class _Context:
                 }
                 out.append(encode_sample(key, g, res.image, res.mask, _jsonable(lineage)))
         return out
+
+
+def _mask_params(sm: Any, synthesizer: Any) -> dict[str, Any] | None:
+    """The request's ``mask_params``: the synthesized mask's params, plus how the bank split its components.
+
+    A copy, so generators cannot change the lineage. ``split`` (gap, min_area) is added when the synthesizer
+    has a masks spec, so a generator can recover the exact component group a mask was made from.
+    """
+    params = getattr(sm, "params", None)
+    if not isinstance(params, dict):
+        return None
+    out = dict(params)
+    spec = getattr(synthesizer, "spec", None)
+    if spec is not None and hasattr(spec, "component_gap") and "split" not in out:
+        out["split"] = {"gap": int(spec.component_gap), "min_area": int(spec.min_component_area)}
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
