@@ -128,6 +128,13 @@ class EvaluationSection(Section):
     image_size: int = Field(default=128, ge=16)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    steps_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optimisation steps per epoch of the supervised models (segmenter, supersimplenet). Default: "
+        "2 x normal images / batch size. A few-shot training set is tiny, so an 'epoch' over it is a handful "
+        "of steps; set this to train long enough with a fixed, evaluation-free schedule.",
+    )
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], description="Segmenter U-Net widths.")
     lr: float = Field(default=1e-3, gt=0)
     focal_weight: float = Field(default=1.0, ge=0)

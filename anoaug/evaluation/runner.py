@@ -80,7 +80,8 @@ def generation_quality_status() -> dict[str, Any]:
 def _train_segmenter(train: list[Sample], cfg: EvaluationSection, seed: int) -> Segmenter:
     L.seed_everything(seed, verbose=False)
     model = Segmenter(cfg.widths, cfg.lr, cfg.focal_weight, cfg.dice_weight, cfg.epochs)
-    loader = balanced_loader(train, cfg.batch_size, seed)
+    draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else None
+    loader = balanced_loader(train, cfg.batch_size, seed, num_samples=draws)
     make_trainer(cfg.epochs).fit(model, train_dataloaders=loader)
     return model.eval()
 
@@ -312,7 +313,7 @@ def run_evaluation(
                     say(f"seed {seed}: supersimplenet/{arm.name} (supervised={arm.has_defects})")
                     scores, maps, used = fit_predict_supersimplenet(
                         normal_r + defects_r[arm.name], eval_r, cfg.epochs, cfg.batch_size, seed,
-                        cfg.pre_trained, cfg.params,
+                        cfg.pre_trained, cfg.params, cfg.steps_per_epoch,
                     )  # fmt: skip
                     impl = {
                         "implementation": f"anomalib supersimplenet (supervised={arm.has_defects})",

@@ -50,12 +50,14 @@ def fit_predict_supersimplenet(
     seed: int,
     pre_trained: bool,
     params: dict[str, Any],
+    steps_per_epoch: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Train (supervised iff `train` holds defects) and return (scores, maps, pretrained weights used)."""
     supervised = any(s.label for s in train)
     L.seed_everything(seed, verbose=False)
     model, used = build_supersimplenet(supervised, pre_trained, params)
-    loader = balanced_loader(train, batch_size, seed)
+    draws = steps_per_epoch * batch_size if steps_per_epoch else None
+    loader = balanced_loader(train, batch_size, seed, num_samples=draws)
     loader.collate_fn = _normalising(loader.collate_fn)
     make_trainer(epochs).fit(model, train_dataloaders=loader)
     model.eval()
