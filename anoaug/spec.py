@@ -301,9 +301,7 @@ def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
 
 def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
     for key in loc:
-        if isinstance(data, dict) and key in data:
-            data = data[key]
-        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+        if isinstance(data, dict) and key in data or isinstance(data, list) and isinstance(key, int) and key < len(data):
             data = data[key]
         else:
             return False
