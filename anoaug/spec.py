@@ -301,7 +301,9 @@ def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
 
 def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
     for key in loc:
-        if isinstance(data, dict) and key in data or isinstance(data, list) and isinstance(key, int) and key < len(data):
+        in_dict = isinstance(data, dict) and key in data
+        in_list = isinstance(data, list) and isinstance(key, int) and key < len(data)
+        if in_dict or in_list:
             data = data[key]
         else:
             return False
