@@ -28,6 +28,15 @@ def share_ephemeral_server() -> str | None:
     return server.api_url
 
 
+def ray_local_init_kwargs(workers: int) -> dict[str, Any]:
+    """`ray.init` kwargs of the local Ray that RayTaskRunner starts: `workers` CPUs, no dashboard.
+
+    ``address="local"`` always starts a fresh instance (never joins one found on this machine, which would
+    reject ``num_cpus``), and it ends with the flow run.
+    """
+    return {"address": "local", "num_cpus": workers, "include_dashboard": False}
+
+
 def make_task_runner(runner: str = "sequential", address: str | None = None, workers: int | None = None) -> Any:
     """A Prefect task runner by name.
 
@@ -35,7 +44,8 @@ def make_task_runner(runner: str = "sequential", address: str | None = None, wor
     * ``threads``: a thread pool of `workers` in this process;
     * ``dask``: prefect-dask: a local cluster of `workers` single-threaded processes, or the scheduler at
       `address` (e.g. ``tcp://10.0.0.5:8786``) for a real cluster;
-    * ``ray``: prefect-ray (``pip install prefect-ray``): a local Ray, or the cluster at `address`.
+    * ``ray``: prefect-ray (``pip install 'anoaug[ray]'``): a local Ray instance with `workers` CPUs, or the
+      cluster at `address` (e.g. ``ray://10.0.0.5:10001``).
     """
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -56,7 +66,9 @@ def make_task_runner(runner: str = "sequential", address: str | None = None, wor
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            raise AnoaugError("--runner ray needs prefect-ray: pip install prefect-ray") from None
+            raise AnoaugError("--runner ray needs prefect-ray and ray: pip install 'anoaug[ray]'") from None
+        if address:
+            return RayTaskRunner(address=address)
         share_ephemeral_server()
-        return RayTaskRunner(address=address) if address else RayTaskRunner()
+        return RayTaskRunner(init_kwargs=ray_local_init_kwargs(workers))
     raise AnoaugError(f"unknown runner {runner!r}; runners: {', '.join(RUNNERS)}")
