@@ -85,7 +85,9 @@ def run_benchmark(
     runner: str = "sequential",
     address: str | None = None,
     workers: int | None = None,
+    verbose: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """`benchmark_flow` on the named task runner (see flows.runtime.make_task_runner)."""
-    return benchmark_flow.with_options(task_runner=make_task_runner(runner, address, workers))(specs, **kwargs)
+    task_runner = make_task_runner(runner, address, workers, verbose)
+    return benchmark_flow.with_options(task_runner=task_runner)(specs, **kwargs)

@@ -247,6 +247,7 @@ def _run_flows(targets: list[Target], specs: list[dict[str, Any]], data_root: st
         runner=opts.runner,
         address=opts.address,
         workers=opts.workers,
+        verbose=opts.verbose,
         out=str(opts.out),
         data_root=data_root,
         force=opts.force,

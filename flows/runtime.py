@@ -28,17 +28,29 @@ def share_ephemeral_server() -> str | None:
     return server.api_url
 
 
-def ray_local_init_kwargs(workers: int) -> dict[str, Any]:
+def ray_local_init_kwargs(workers: int, verbose: bool = False) -> dict[str, Any]:
     """`ray.init` kwargs of the local Ray that RayTaskRunner starts: `workers` CPUs, no dashboard.
 
     ``address="local"`` always starts a fresh instance (never joins one found on this machine, which would
-    reject ``num_cpus``), and it ends with the flow run.
+    reject ``num_cpus``); it ends with the flow run. Its workers inherit this process's environment, so
+    PREFECT_API_URL (the shared server). Unless `verbose`, Ray's own INFO/WARNING lines and the workers'
+    stdout/stderr stay out of the CLI output (a failed category still reports its error in the summary).
     """
-    return {"address": "local", "num_cpus": workers, "include_dashboard": False}
+    import logging
+
+    return {
+        "address": "local",
+        "num_cpus": workers,
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
 
 
-def make_task_runner(runner: str = "sequential", address: str | None = None, workers: int | None = None) -> Any:
-    """A Prefect task runner by name.
+def make_task_runner(
+    runner: str = "sequential", address: str | None = None, workers: int | None = None, verbose: bool = False
+) -> Any:
+    """A Prefect task runner by name (`verbose`: let a local Ray print its own and its workers' logs).
 
     * ``sequential``: one category at a time, in this process (the default);
     * ``threads``: a thread pool of `workers` in this process;
@@ -66,9 +78,9 @@ def make_task_runner(runner: str = "sequential", address: str | None = None, wor
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            raise AnoaugError("--runner ray needs prefect-ray and ray: pip install 'anoaug[ray]'") from None
+            raise AnoaugError("--runner ray needs pip install prefect-ray ray (or the extra: 'anoaug[ray]')") from None
         if address:
             return RayTaskRunner(address=address)
         share_ephemeral_server()
-        return RayTaskRunner(init_kwargs=ray_local_init_kwargs(workers))
+        return RayTaskRunner(init_kwargs=ray_local_init_kwargs(workers, verbose))
     raise AnoaugError(f"unknown runner {runner!r}; runners: {', '.join(RUNNERS)}")

@@ -75,3 +75,11 @@ def tiny_mvtec(tmp_path: Path) -> Path:
 def make_mvtec() -> Callable[..., Path]:
     """The ``write_tiny_mvtec(root, category=..., n_train=..., defects={...})`` builder itself."""
     return write_tiny_mvtec
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Prefect's ephemeral API server logs 'Stopping temporary server' at interpreter exit, after pytest has
+    closed the captured streams; keep that harmless message from printing a logging traceback after the summary."""
+    import logging
+
+    logging.raiseExceptions = False
