@@ -106,6 +106,15 @@ class GeneratorError(AnoaugError):
     """A generator could not be fitted, loaded or run."""
 
 
+def checked_params(generator: str, defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """`defaults` overlaid with `params`; a key not in `defaults` is an error naming the known keys."""
+    merged = {**defaults, **(params or {})}
+    unknown = sorted(set(merged) - set(defaults))
+    if unknown:
+        raise GeneratorError(f"{generator}: unknown params {unknown}; known: {sorted(defaults)}")
+    return merged
+
+
 class Generator(ABC):
     """Base class: subclasses set `name`, implement `_fit`, `_load` and `generate`."""
 

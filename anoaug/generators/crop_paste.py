@@ -44,6 +44,7 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
+    checked_params,
     register,
 )
 from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
@@ -100,10 +101,7 @@ class CropPasteGenerator(Generator):
     name = "crop-paste"
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__({**DEFAULTS, **(params or {})})
-        unknown = set(self.params) - set(DEFAULTS)
-        if unknown:
-            raise GeneratorError(f"crop-paste: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        super().__init__(checked_params("crop-paste", DEFAULTS, params))
         if self.params["blend"] not in BLEND_MODES:
             raise GeneratorError(f"crop-paste: blend must be one of {BLEND_MODES}, got {self.params['blend']!r}")
         j = float(self.params["jitter"])
@@ -240,7 +238,10 @@ class CropPasteGenerator(Generator):
         H, W = req.mask.shape
         tight = frame[fy : fy + fh, fx : fx + fw]
         if (
-            tx < 0 or ty < 0 or tx + fw > W or ty + fh > H
+            tx < 0
+            or ty < 0
+            or tx + fw > W
+            or ty + fh > H
             or not np.array_equal(req.mask[ty : ty + fh, tx : tx + fw], tight)
             or int(np.count_nonzero(req.mask)) != int(np.count_nonzero(tight))
         ):

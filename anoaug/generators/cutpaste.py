@@ -26,6 +26,7 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
+    checked_params,
     register,
 )
 from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
@@ -40,10 +41,7 @@ class CutPasteGenerator(Generator):
     name = "cutpaste"
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__({**DEFAULTS, **(params or {})})
-        unknown = set(self.params) - set(DEFAULTS)
-        if unknown:
-            raise GeneratorError(f"cutpaste: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        super().__init__(checked_params("cutpaste", DEFAULTS, params))
         if self.params["blend"] not in BLEND_MODES:
             raise GeneratorError(f"cutpaste: blend must be one of {BLEND_MODES}, got {self.params['blend']!r}")
         if self.params["source"] not in ("any", "object"):

@@ -34,6 +34,7 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
+    checked_params,
     register,
 )
 from anoaug.generators.blending import seed_of
@@ -116,10 +117,7 @@ class PerlinGenerator(Generator):
     name = "perlin"
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__({**DEFAULTS, **(params or {})})
-        unknown = set(self.params) - set(DEFAULTS)
-        if unknown:
-            raise GeneratorError(f"perlin: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        super().__init__(checked_params("perlin", DEFAULTS, params))
         if self.params["mask_mode"] not in ("perlin", "request"):
             raise GeneratorError(f"perlin: mask_mode must be 'perlin' or 'request', got {self.params['mask_mode']!r}")
         b0, b1 = (float(v) for v in self.params["beta"])
