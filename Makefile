@@ -26,6 +26,7 @@ demo: install
 	$(VENV)/bin/anoaug demo --out $(DEMO_OUT)
 
 test: install
+	$(VENV)/bin/ruff check anoaug flows tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: install
