@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from anoaug.cli import app
 
 TINY = [
+    "--set", "generator.name=cutpaste",
     "--set", "generation.count_per_type=3",
     "--set", "generation.shard_size=4",
     "--set", "evaluation.arms=[real-few, cutpaste]",

@@ -112,6 +112,7 @@ def test_split_stage_is_idempotent_and_tracks_data(make_mvtec, tmp_path: Path) -
 
 def test_generators_for_and_params() -> None:
     spec = load_spec("demo/cap")
+    spec.generator.name = "cutpaste"
     spec.evaluation.arms = ["none", "real-few", "perlin", "crop-paste+real", "perlin+real"]
     assert stages.generators_for(spec) == [spec.generator.name, "perlin", "crop-paste"]
     spec.generator.params = {"jitter": 0.1}
