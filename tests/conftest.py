@@ -10,6 +10,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `anoaug run` overrides shared by the end-to-end flow tests: one generator, tiny counts and schedules.
+FLOW_TINY = [
+    "--set", "generator.name=cutpaste",
+    "--set", "generation.count_per_type=3",
+    "--set", "generation.shard_size=4",
+    "--set", "evaluation.arms=[real-few, cutpaste]",
+    "--set", "evaluation.seeds=[0]",
+    "--set", "evaluation.epochs=1",
+    "--set", "evaluation.image_size=64",
+    "--set", "evaluation.batch_size=8",
+]  # fmt: skip
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from anoaug.cli import app
+from flows.cli import app
+from tests.conftest import FLOW_TINY
 
-TINY = [
-    "--set", "generator.name=cutpaste",
-    "--set", "generation.count_per_type=3",
-    "--set", "generation.shard_size=4",
-    "--set", "evaluation.arms=[real-few, cutpaste]",
-    "--set", "evaluation.seeds=[0]",
-    "--set", "evaluation.epochs=1",
-    "--set", "evaluation.image_size=64",
-    "--set", "evaluation.batch_size=8",
-]  # fmt: skip
+TINY = FLOW_TINY
 STAGES = ["split", "masks", "generate:cutpaste", "evaluate", "report"]
 
 pytestmark = pytest.mark.timeout(1200)
