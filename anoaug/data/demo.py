@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anoaug.atomic import atomic_write_bytes
 from anoaug.data.records import GOOD
 from anoaug.errors import DatasetError
 
@@ -523,14 +523,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover
         raise OSError(f"could not encode {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def make_demo_dataset(

@@ -14,8 +14,6 @@ give a byte-identical file.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anoaug.atomic import atomic_path
 from anoaug.data.records import CategoryData, ImageRecord
 from anoaug.errors import DatasetError, ManifestError
 
@@ -178,14 +177,8 @@ def write_split(manifest: SplitManifest, path: str | Path, root: str | Path | No
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {b"anoaug.schema_version": SCHEMA_VERSION.encode(), b"anoaug.kind": b"split"}
     table = manifest.table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

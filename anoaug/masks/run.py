@@ -16,8 +16,6 @@ seeded with (seed, category, i), so the same seed gives the same files whatever 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anoaug.atomic import atomic_path
 from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest, ensure_split
@@ -73,14 +72,8 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 def _atomic_bytes(path: Path, write: Any) -> None:
     """Write via a temp file in the same folder, then os.replace (no half-written outputs)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- contact sheet ------------------------------------------------------------------------------

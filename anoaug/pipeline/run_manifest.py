@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from anoaug.atomic import atomic_write_text
 from anoaug.pipeline.stages import StageResult
 from anoaug.spec import PipelineSpec
 
@@ -102,10 +101,7 @@ def write_run_manifest(run_dir: str | Path, manifest: RunManifest) -> Path:
     """Write `<run_dir>/run.json` atomically."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RUN_FILE}.", dir=run_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manifest.model_dump_json(indent=2))
-    os.replace(tmp, run_dir / RUN_FILE)
+    atomic_write_text(run_dir / RUN_FILE, manifest.model_dump_json(indent=2))
     return run_dir / RUN_FILE
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from anoaug.atomic import atomic_write_text
 from anoaug.errors import AnoaugError, SpecError
 from anoaug.pipeline.fingerprint import files_hash, fingerprint, listing_hash
 from anoaug.spec import PipelineSpec
@@ -143,10 +144,7 @@ def is_complete(out_dir: str | Path, fp: str) -> bool:
 
 
 def _write_stage(out_dir: Path, result: StageResult) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{STAGE_FILE}.", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(result.model_dump_json(indent=2))
-    os.replace(tmp, out_dir / STAGE_FILE)
+    atomic_write_text(out_dir / STAGE_FILE, result.model_dump_json(indent=2))
 
 
 def _clear(out_dir: Path) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anoaug.atomic import atomic_path
 from anoaug.errors import ManifestError
 from anoaug.shards.format import FORMAT_VERSION, PARTS_DIR, SAMPLES_MANIFEST, SHARDS_MANIFEST
 
@@ -138,19 +137,10 @@ class GenerationManifest:
         path = self.out_dir / SAMPLES_MANIFEST
         meta = {b"anoaug.kind": b"samples", b"anoaug.shard_format": FORMAT_VERSION.encode()}
         schema = SAMPLES_SCHEMA.with_metadata(meta)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.out_dir)
-        os.close(fd)
-        try:
-            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-                for j in sorted(self.shards):
-                    part = pq.read_table(self.part_path(self.shards[j]["shard"]))
-                    writer.write_table(part.select(SAMPLES_SCHEMA.names).cast(schema))
-            os.chmod(tmp, 0o644)
-            _fsync_path(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, fsync=True) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for j in sorted(self.shards):
+                part = pq.read_table(self.part_path(self.shards[j]["shard"]))
+                writer.write_table(part.select(SAMPLES_SCHEMA.names).cast(schema))
         return path
 
 
@@ -168,24 +158,8 @@ def _read(path: Path, schema: pa.Schema) -> list[dict[str, Any]]:
 def _write(table: pa.Table, path: Path, kind: str) -> None:
     meta = {b"anoaug.kind": kind.encode(), b"anoaug.shard_format": FORMAT_VERSION.encode()}
     table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; manifests are meant to be shared like the shards
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fsync_path(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def verify_generation(out_dir: str | Path) -> list[str]:
