@@ -41,6 +41,26 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | None, split: Path | None) -> tuple:
+    """The spec, the category's records and its split manifest: --split if given, else the default manifest
+    when it exists (checked against the data), else a fresh split in memory."""
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
+    from anoaug.spec import resolve_spec
+
+    spec = resolve_spec(spec_or_root, category)
+    data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
+    default = default_split_path(data.dataset, data.category, spec.seed)
+    if split is not None:
+        manifest = read_split(split)
+    elif default.is_file():
+        manifest, _ = ensure_split(data, spec.seed, default)
+    else:
+        s = spec.split
+        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+    return spec, data, manifest
+
+
 # --- commands ---------------------------------------------------------------------------------
 # Each stage adds its command below, as a few lines over a library function.
 
@@ -233,21 +253,9 @@ def generate_cmd(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from anoaug.data.formats import read_category
-    from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
     from anoaug.shards import generate_category
-    from anoaug.spec import resolve_spec
 
-    spec = resolve_spec(spec_or_root, category)
-    root = spec.resolve_root(data_root)
-    data = read_category(root, spec.dataset.category, spec.dataset.format)
-    s = spec.split
-    if split is not None:
-        manifest = read_split(split)
-    elif default_split_path(data.dataset, data.category, spec.seed).is_file():
-        manifest, _ = ensure_split(data, spec.seed, default_split_path(data.dataset, data.category, spec.seed))
-    else:
-        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+    spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     name = generator or spec.generator.name
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
@@ -334,21 +342,10 @@ def evaluate_cmd(
     """Measure the augmentation gain: train downstream models per arm and seed, test on held-out real defects."""
     from rich.markup import escape
 
-    from anoaug.data.formats import read_category
-    from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
     from anoaug.evaluation import run_evaluation
-    from anoaug.spec import EvaluationSection, resolve_spec
+    from anoaug.spec import EvaluationSection
 
-    spec = resolve_spec(spec_or_root, category)
-    root = spec.resolve_root(data_root)
-    data = read_category(root, spec.dataset.category, spec.dataset.format)
-    s = spec.split
-    if split is not None:
-        manifest = read_split(split)
-    elif default_split_path(data.dataset, data.category, spec.seed).is_file():
-        manifest, _ = ensure_split(data, spec.seed, default_split_path(data.dataset, data.category, spec.seed))
-    else:
-        manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
+    spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     update: dict[str, Any] = {}
     if models:
         update["models"] = [m.strip() for m in models.split(",") if m.strip()]
