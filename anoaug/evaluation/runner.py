@@ -11,7 +11,6 @@ Layout of ``out_dir`` (read by ``anoaug.report``; documented in ``anoaug/report/
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from anoaug.atomic import atomic_write_text
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
 from anoaug.errors import AnoaugError, ManifestError
@@ -52,9 +52,7 @@ Progress = Callable[[str], None]
 
 def _json_dump(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def generation_quality_status() -> dict[str, Any]:

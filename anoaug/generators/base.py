@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from anoaug.atomic import atomic_write_text
 from anoaug.data.io import load_image, load_mask
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
@@ -139,7 +139,7 @@ class Generator(ABC):
             "defect_types": data.defect_types,
             "train_defects": sorted(d.relpath for d in data.defects),
         }
-        _atomic_write_text(out / ARTIFACT_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
+        atomic_write_text(out / ARTIFACT_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
         self.artifact_dir = out
         self.artifact_hash = artifact_hash(out)
         return out
@@ -205,12 +205,6 @@ def artifact_hash(artifact_dir: str | Path) -> str:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()[:16]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 _REGISTRY: dict[str, type[Generator]] = {}
