@@ -245,10 +245,15 @@ def generate_cmd(
     split: Annotated[Path | None, typer.Option(help="Split manifest (default: data_manifests/..., else made).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out instead of refusing.")] = False,
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Generator setting KEY=VALUE (YAML value), over the spec's; repeatable."),
+    ] = None,
 ) -> None:
     """Fit a generator and write N synthetic (image, mask) pairs per defect type as resumable WebDataset shards.
 
     Run the same command again after an interruption (even kill -9) to finish the run exactly.
+    `--param model=/path/to/sd15 --param lora_rank=8` sets generator params (e.g. diffusion-sd's weights).
     """
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -257,6 +262,8 @@ def generate_cmd(
 
     spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     name = generator or spec.generator.name
+    if params:
+        spec = _with_generator_params(spec, name, params)
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(f"{data.category} / {name}", total=None)
@@ -282,6 +289,20 @@ def generate_cmd(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _with_generator_params(spec: Any, name: str, items: list[str]) -> Any:
+    """The spec with generator ``name`` and its params updated from ``--param KEY=VALUE`` items."""
+    from anoaug.errors import SpecError
+    from anoaug.pipeline.config import parse_sets
+
+    dotted = [i for i in items if "." in i.partition("=")[0]]
+    if dotted:
+        raise SpecError(f"--param takes generator settings KEY=VALUE, not dotted keys: {', '.join(dotted)}")
+    given = parse_sets(items)
+    base = dict(spec.generator.params) if name == spec.generator.name else {}
+    section = spec.generator.model_copy(update={"name": name, "params": {**base, **given}})
+    return spec.model_copy(update={"generator": section})
 
 
 def _shard_sources(arms: list[str], shards: list[str]) -> dict[str, Path | None]:

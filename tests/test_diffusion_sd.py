@@ -87,9 +87,7 @@ def _requests(seed: int = 1) -> list[GenerationRequest]:
     rng = np.random.default_rng(5)
     return [
         GenerationRequest(normal=_image(rng), mask=_mask(20, 14), defect_type="scratch", seed=seed),
-        GenerationRequest(
-            normal=_image(rng), mask=_mask(4, 30, 8, 8), defect_type="Broken Large", seed=seed + 7
-        ),
+        GenerationRequest(normal=_image(rng), mask=_mask(4, 30, 8, 8), defect_type="Broken Large", seed=seed + 7),
     ]
 
 
@@ -123,17 +121,13 @@ def test_inpainting_stand_in_is_detected_and_generates(tmp_path: Path, fit_data:
     assert not np.array_equal(res.image[req.mask], req.normal[req.mask])
 
 
-def test_bad_model_path_and_uncached_hub_id_give_clear_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bad_model_path_and_uncached_hub_id_give_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = tmp_path / "no-such-model"
     with pytest.raises(GeneratorError, match="does not exist") as exc:
         load_components(missing)
     assert str(missing) in str(exc.value)
-    with pytest.raises(
-        GeneratorError, match="nobody-anoaug/not-a-real-model.*not in the local Hugging Face cache"
-    ):
+    with pytest.raises(GeneratorError, match="nobody-anoaug/not-a-real-model.*not in the local Hugging Face cache"):
         load_components("nobody-anoaug/not-a-real-model")
     with pytest.raises(GeneratorError, match="missing 'unet/'"):
         load_components(tmp_path)  # an existing folder that is not a model
@@ -174,9 +168,7 @@ def test_incompatible_weights_give_clear_errors(tiny_sd: Path, tmp_path: Path) -
         load_components(mismatched)
 
 
-def test_inpainting_param_is_checked_against_the_model(
-    tiny_sd: Path, fit_data: FitData, tmp_path: Path
-) -> None:
+def test_inpainting_param_is_checked_against_the_model(tiny_sd: Path, fit_data: FitData, tmp_path: Path) -> None:
     gen = get_generator("diffusion-sd")({**BASE_PARAMS, "model": str(tiny_sd), "inpainting": True})
     with pytest.raises(GeneratorError, match="text-to-image UNet"):
         gen.fit(fit_data, tmp_path / "art")
@@ -286,9 +278,7 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_sd: Path, fit_data:
     assert any(v.abs().sum() > 0 for k, v in lora_a.items() if "lora_B" in k)  # training moved B off zero
 
 
-def test_textual_inversion_updates_only_the_new_token_rows(
-    tiny_sd: Path, fit_data: FitData, tmp_path: Path
-) -> None:
+def test_textual_inversion_updates_only_the_new_token_rows(tiny_sd: Path, fit_data: FitData, tmp_path: Path) -> None:
     comps = load_components(tiny_sd)
     n_before = len(comps.tokenizer)
     settings = TrainSettings(resolution=RES, lora_rank=0, spatial_tokens=0, ti_lr=5e-2, batch_size=2)
@@ -377,3 +367,26 @@ def test_bf16_mixed_precision_path_runs_on_cpu(tiny_sd: Path, fit_data: FitData,
     req = _requests()[0]
     (res,) = gen.generate([req])
     assert np.array_equal(res.image[~req.mask], req.normal[~req.mask])
+
+
+def test_cli_generate_trains_and_samples_from_a_local_folder(tiny_sd: Path, demo_root: Path, tmp_path: Path) -> None:
+    """`anoaug generate -g diffusion-sd --param model=<folder>`: the real CLI path on stand-in weights."""
+    from typer.testing import CliRunner
+
+    from anoaug.cli import app
+    from anoaug.shards.manifest import verify_generation
+    from anoaug.shards.reader import iter_samples
+
+    out = tmp_path / "sd-shards"
+    sets = [f"model={tiny_sd}", "resolution=32", "context=1.0", "train_steps=2", "num_inference_steps=2"]
+    args = ["generate", str(demo_root), "-c", "cap", "-g", "diffusion-sd", "-n", "1", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--param", s))])
+    assert res.exit_code == 0, res.output
+    samples = list(iter_samples(out))
+    assert len(samples) == 2 and verify_generation(out) == []
+    run = json.loads((out / "run.json").read_text())
+    assert run["generator"] == "diffusion-sd" and run["generator_params"]["model"] == str(tiny_sd)
+    assert json.loads((out / "artifact" / "sd_manifest.json").read_text())  # base identity recorded
+
+    res = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "bad"), "--param", "model=/nonexistent/sd"])
+    assert res.exit_code == 2 and "/nonexistent/sd" in res.output

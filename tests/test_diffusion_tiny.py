@@ -188,6 +188,20 @@ def test_load_round_trip_and_unknown_type(fitted) -> None:
         loaded.generate([bad])
 
 
+def test_patched_model_fits_generates_and_reloads(tmp_path: Path) -> None:
+    """patch=2 (pixel-unshuffled UNet): same contract, full-resolution output, exact outside the mask."""
+    gen = get_generator("diffusion-tiny")({**TINY, "patch": 2})
+    out = gen.fit(_fit_data(tmp_path), tmp_path / "artifact", seed=0)
+    assert gen.unet.config.in_channels == 28 and gen.unet.config.sample_size == 16
+    reqs = _requests(2)
+    res = gen.generate(reqs)
+    for r, g in zip(reqs, res, strict=True):
+        edit = dilate_mask(r.mask, 8)
+        assert g.image.shape == r.normal.shape and np.array_equal(g.image[~edit], r.normal[~edit])
+    again = get_generator("diffusion-tiny").load(out).generate(reqs)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(res, again, strict=True))
+
+
 def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None:
     import shutil
 
@@ -208,6 +222,11 @@ def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None
     with pytest.raises(GeneratorError, match="incompatible UNet.*class embeddings"):
         cls.load(art)
 
+    # A patch-2 UNet where the artifact's params say patch 1: channel and size mismatch, named.
+    build_tiny_unet(TinyUNetConfig(sample_size=32, widths=(8, 16), n_types=2, patch=2)).save_pretrained(art / "unet")
+    with pytest.raises(GeneratorError, match=r"incompatible UNet: channels 28->12, expected 7->3"):
+        cls.load(art)
+
     weights = next((art / "unet").glob("*.safetensors"))
     weights.write_bytes(b"not a safetensors file")
     with pytest.raises(GeneratorError, match="cannot load UNet weights"):
@@ -217,7 +236,7 @@ def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None
 # ----------------------------------------------------------------------------- training
 
 
-def _sampler_and_model(seed: int = 0):
+def _sampler_and_model(seed: int = 0, patch: int = 1):
     from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig, build_tiny_unet
     from anoaug.generators.diffusion.training import CropExample, CropSampler
 
@@ -229,11 +248,11 @@ def _sampler_and_model(seed: int = 0):
         examples.append(CropExample(img, m, 0))
     sampler = CropSampler(examples, [_normal(rng)], crop=32, band=2, seed=seed)
     torch.manual_seed(seed)
-    return sampler, build_tiny_unet(TinyUNetConfig(sample_size=32, widths=(8, 16), n_types=1))
+    return sampler, build_tiny_unet(TinyUNetConfig(sample_size=32, widths=(8, 16), n_types=1, patch=patch))
 
 
 def _eval_loss(model, scheduler, batch) -> float:
-    from anoaug.generators.diffusion.models.tiny_unet import model_input
+    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
     from anoaug.generators.diffusion.training import masked_mse
 
     g = torch.Generator().manual_seed(123)
@@ -241,15 +260,16 @@ def _eval_loss(model, scheduler, batch) -> float:
     noise = torch.randn(x0.shape, generator=g)
     t = torch.linspace(50, 900, x0.shape[0]).long()
     with torch.no_grad():
-        pred = model(model_input(scheduler.add_noise(x0, noise, t), x0, mch), t, class_labels=batch["label"]).sample
+        pred = denoise(model, model_input(scheduler.add_noise(x0, noise, t), x0, mch), t, batch["label"])
     weight = torch.where(mch > 0, 1.0, 0.1)
     return float(masked_mse(pred, scheduler.get_velocity(x0, noise, t), weight))
 
 
-def test_training_loss_decreases() -> None:
+@pytest.mark.parametrize("patch", [1, 2])
+def test_training_loss_decreases(patch: int) -> None:
     from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
 
-    sampler, model = _sampler_and_model()
+    sampler, model = _sampler_and_model(patch=patch)
     sched = make_noise_scheduler()
     held = sampler.batch(8)  # drawn before training: a fixed evaluation batch
     before = _eval_loss(model, sched, held)

@@ -249,6 +249,26 @@ def test_cli_generate(demo_root: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown generator" in res.output
 
 
+def test_cli_generate_params(demo_root: Path, tmp_path: Path) -> None:
+    """--param sets the generator's params (recorded in the run); a bad key or value is a clear exit 2."""
+    from typer.testing import CliRunner
+
+    from anoaug.cli import app
+
+    out = tmp_path / "p"
+    base = ["generate", str(demo_root), "-c", "cap", "-g", "cutpaste", "-n", "1", "--out", str(out)]
+    res = CliRunner().invoke(app, [*base, "--param", "blend=none", "-p", "feather=0"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["generator_params"] == {"blend": "none", "feather": 0}
+    res = CliRunner().invoke(app, [*base, "--param", "blend=nope", "--overwrite"])
+    assert res.exit_code == 2 and "blend must be one of" in res.output
+    res = CliRunner().invoke(app, [*base, "--param", "nosuchkey=1", "--overwrite"])
+    assert res.exit_code == 2 and "nosuchkey" in res.output
+    res = CliRunner().invoke(app, [*base, "--param", "a.b=1"])
+    assert res.exit_code == 2 and "dotted" in res.output
+
+
 def test_lineage_json_roundtrip(reference: Path) -> None:
     rows = pq.read_table(reference / "samples.parquet").to_pylist()
     for r in rows:

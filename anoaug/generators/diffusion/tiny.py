@@ -43,6 +43,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "crop": 64,  # training/generation window in px (native scale unless the defect is larger)
     "widths": [16, 32, 64, 128],
     "layers_per_block": 1,
+    "patch": 1,  # pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see models.tiny_unet)
     # training
     "train_steps": 2500,
     "time_budget_s": 420,  # stop earlier when this much training time (cumulative over resumes) is spent
@@ -61,6 +62,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "guidance": 1.0,  # >1: push away from the 'normal' class (costs a second forward per step)
     "dilate": 3,  # band (px, crop scale) around the mask that is generated too; also trained on
     "feather": 2,
+    # generated pixels kept up to this many image px around the input mask (null: the whole generated band)
+    "paste_margin": None,
     "change_threshold": 12.0,  # final mask: colour change (0-255) after a `change_blur` Gaussian
     "change_blur": 1,
     "gen_batch": 32,
@@ -164,6 +167,7 @@ class TinyDiffusionGenerator(Generator):
             widths=tuple(int(w) for w in self.p["widths"]),
             layers_per_block=int(self.p["layers_per_block"]),
             n_types=len(self.types),
+            patch=int(self.p["patch"]),
         )
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
@@ -175,7 +179,9 @@ class TinyDiffusionGenerator(Generator):
         info = json.loads(tiny.read_text())
         self.types = list(info["types"])
         self.train_summary = info.get("train", {})
-        self.unet = load_tiny_unet(artifact_dir / "unet", n_types=len(self.types), crop=int(self.p["crop"]))
+        self.unet = load_tiny_unet(
+            artifact_dir / "unet", n_types=len(self.types), crop=int(self.p["crop"]), patch=int(self.p["patch"])
+        )
         try:
             self.noise_scheduler = DDPMScheduler.from_pretrained(artifact_dir / "scheduler")
         except (OSError, ValueError) as exc:
@@ -203,7 +209,14 @@ class TinyDiffusionGenerator(Generator):
     def _generate_chunk(self, reqs: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
-        from anoaug.generators.diffusion.blending import blended_sample, changed_mask, composite, make_scheduler
+        from anoaug.generators.diffusion.blending import (
+            blended_sample,
+            changed_mask,
+            composite,
+            dilate_mask,
+            make_scheduler,
+        )
+        from anoaug.generators.diffusion.models.tiny_unet import denoise as unet_denoise
         from anoaug.generators.diffusion.models.tiny_unet import model_input
         from anoaug.generators.diffusion.training import mask_channel
 
@@ -226,9 +239,9 @@ class TinyDiffusionGenerator(Generator):
             inp = model_input(x_t, known, mch).contiguous(memory_format=torch.channels_last)
             tt = t.reshape(1).expand(x_t.shape[0])
             if guidance == 1.0:
-                return unet(inp, tt, class_labels=labels).sample
-            both = unet(torch.cat([inp, inp]), torch.cat([tt, tt]), class_labels=torch.cat([labels, normal_label]))
-            cond, uncond = both.sample.chunk(2)
+                return unet_denoise(unet, inp, tt, labels)
+            both = unet_denoise(unet, torch.cat([inp, inp]), torch.cat([tt, tt]), torch.cat([labels, normal_label]))
+            cond, uncond = both.chunk(2)
             return uncond + guidance * (cond - uncond)
 
         scheduler = make_scheduler(str(p["scheduler"]), self.noise_scheduler.config)
@@ -237,6 +250,8 @@ class TinyDiffusionGenerator(Generator):
         results = []
         for k, (w, r) in enumerate(zip(windows, reqs, strict=True)):
             gen_full, edit = w.paste(r.normal, x0[k], region[k, 0].numpy() > 0)
+            if p["paste_margin"] is not None:
+                edit &= dilate_mask(r.mask, int(p["paste_margin"]))
             image = composite(r.normal, gen_full, edit, int(p["feather"]))
             # What actually changed anywhere in the edit region (mask + generated band), not only the input mask.
             final = changed_mask(r.normal, image, edit, float(p["change_threshold"]), 0, blur=int(p["change_blur"]))
@@ -281,7 +296,7 @@ def cpu_threads(setting: int | str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def load_tiny_unet(path: Path, n_types: int, crop: int) -> UNet2DModel:
+def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2DModel:
     """Load the tiny UNet from ``path`` with clear errors for a bad path or incompatible weights."""
     from diffusers import UNet2DModel
 
@@ -296,12 +311,15 @@ def load_tiny_unet(path: Path, n_types: int, crop: int) -> UNet2DModel:
         raise GeneratorError(f"diffusion-tiny: cannot load UNet weights: {str(exc).splitlines()[0]}", path) from None
     cfg = unet.config
     problems = []
-    if cfg.in_channels != IN_CHANNELS or cfg.out_channels != 3:
-        problems.append(f"channels {cfg.in_channels}->{cfg.out_channels}, expected {IN_CHANNELS}->3")
+    if cfg.in_channels != IN_CHANNELS * patch * patch or cfg.out_channels != 3 * patch * patch:
+        problems.append(
+            f"channels {cfg.in_channels}->{cfg.out_channels}, expected {IN_CHANNELS * patch * patch}->"
+            f"{3 * patch * patch} (patch {patch})"
+        )
     if cfg.num_class_embeds != n_types + 1:
         problems.append(f"{cfg.num_class_embeds} class embeddings, expected {n_types + 1} (types + normal)")
-    if cfg.sample_size != crop:
-        problems.append(f"sample_size {cfg.sample_size}, expected crop {crop}")
+    if cfg.sample_size * patch != crop:
+        problems.append(f"sample_size {cfg.sample_size} x patch {patch}, expected crop {crop}")
     if problems:
         raise GeneratorError(f"diffusion-tiny: incompatible UNet: {'; '.join(problems)}", path)
     return unet.eval()

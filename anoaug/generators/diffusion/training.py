@@ -259,7 +259,7 @@ def train_tiny(
     If ``checkpoint`` exists, training resumes from it (same model shape and ``cfg.signature()``
     required) and the time budget counts the time already spent.
     """
-    from anoaug.generators.diffusion.models.tiny_unet import model_input
+    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
 
     model.train()
     model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)
@@ -322,7 +322,7 @@ def train_tiny(
         noisy = noise_scheduler.add_noise(x0, noise, t)
         inp = model_input(noisy, x0, mch).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = model(inp, t, class_labels=b["label"]).sample
+            pred = denoise(model, inp, t, b["label"])
         target = noise_scheduler.get_velocity(x0, noise, t)
         weight = torch.where(mch > 0, torch.ones_like(mch), torch.full_like(mch, cfg.ctx_weight))
         loss = masked_mse(pred, target, weight)
