@@ -155,7 +155,10 @@ def _run_name() -> str:
     spec = flow_run.parameters.get("spec")
     if isinstance(spec, dict):
         return f"{spec['dataset']['name']}-{spec['dataset']['category']}"
-    return str(spec).replace("/", "-")
+    text = str(spec)
+    if text.endswith((".yaml", ".yml")):  # a spec file: its name, not its whole path
+        return Path(text).stem
+    return text.replace("/", "-")
 
 
 def resolve_spec_param(

@@ -35,7 +35,7 @@ DEMO_CATEGORY = "demo/cap"
 DEMO_GENERATOR_PREFERENCE = ("diffusion-tiny", "crop-paste", "cutpaste", "perlin")
 # Per-generator settings that keep `make demo` within ~10 minutes on 2 CPU cores (--set overrides them).
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "diffusion-tiny": {"generator": {"params": {"time_budget_s": 140}}},
+    "diffusion-tiny": {"generator": {"params": {"time_budget_s": 240}}},
 }
 
 

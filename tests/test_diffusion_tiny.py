@@ -159,12 +159,21 @@ def test_outside_mask_is_exactly_the_normal_image(fitted) -> None:
     reqs = _requests(4)
     for req, res in zip(reqs, gen.generate(reqs), strict=True):
         assert res.image.shape == req.normal.shape and res.image.dtype == np.uint8
-        edit = dilate_mask(req.mask, TINY.get("dilate", 3) + 1)
+        edit = dilate_mask(req.mask, 1)  # paste_margin: 1 image px around the input mask
         assert np.array_equal(res.image[~edit], req.normal[~edit])
         assert not np.array_equal(res.image[req.mask], req.normal[req.mask])
         assert res.mask.dtype == bool and not (res.mask & ~edit).any()
         assert res.info["final_mask_px"] == int(res.mask.sum())
         json.dumps(res.info)
+
+
+def test_bf16_setting_resolves_and_is_checked() -> None:
+    from anoaug.generators.diffusion.tiny import resolve_bf16
+
+    assert resolve_bf16(True) is True and resolve_bf16("false") is False
+    assert resolve_bf16("auto") in (True, False)
+    with pytest.raises(GeneratorError, match="bf16 must be"):
+        resolve_bf16("maybe")
 
 
 def test_deterministic_per_seed(fitted) -> None:
@@ -312,3 +321,20 @@ def test_time_budget_stops_training() -> None:
     cfg = TrainConfig(train_steps=10_000, time_budget_s=0.0, batch=2)
     _, result = train_tiny(model, sampler, make_noise_scheduler(), cfg, progress=None)
     assert result.stopped_by == "time" and result.steps == 0
+
+
+def test_busy_cores_sees_other_processes_not_this_one() -> None:
+    """`threads: auto` counts other processes' CPU: a spinning child shows up, our own spinning does not."""
+    import subprocess
+    import sys
+    import time
+
+    from anoaug.generators.diffusion.tiny import _busy_cores
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert _busy_cores(0.5) >= 0.4
+    finally:
+        child.kill()
+        child.wait()

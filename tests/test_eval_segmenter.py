@@ -103,3 +103,14 @@ def test_gpu_profile_overrides() -> None:
     assert gpu.image_size == 256 and gpu.widths == [32, 64, 128, 256]
     with pytest.raises(ValueError):
         EvaluationSection(gpu={"image_size": 4}).for_profile("gpu")
+
+
+def test_precision_setting_resolves_to_lightning_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anoaug.cpu
+    from anoaug.evaluation.runner import lightning_precision
+
+    assert lightning_precision("32") == "32-true" and lightning_precision("bf16") == "bf16-mixed"
+    monkeypatch.setattr(anoaug.cpu, "native_bf16", lambda: False)
+    assert lightning_precision("auto") == "32-true"
+    monkeypatch.setattr(anoaug.cpu, "native_bf16", lambda: True)
+    assert lightning_precision("auto") == "bf16-mixed"

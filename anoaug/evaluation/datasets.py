@@ -83,8 +83,10 @@ def plain_loader(samples: list[Sample], batch_size: int, targets: list[int] | No
     return DataLoader(PairDataset(samples, False, targets), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def make_trainer(epochs: int) -> L.Trainer:
-    """A CPU Lightning trainer with a fixed schedule: no validation, no checkpoint selection, no logger."""
+def make_trainer(epochs: int, precision: str = "32-true") -> L.Trainer:
+    """A CPU Lightning trainer with a fixed schedule: no validation, no checkpoint selection, no logger.
+
+    ``precision``: Lightning's setting, e.g. ``bf16-mixed`` (autocast) or ``32-true``."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -106,4 +108,5 @@ def make_trainer(epochs: int) -> L.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        precision=precision,
     )

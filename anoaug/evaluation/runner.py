@@ -80,8 +80,16 @@ def _train_segmenter(train: list[Sample], cfg: EvaluationSection, seed: int) -> 
     model = Segmenter(cfg.widths, cfg.lr, cfg.focal_weight, cfg.dice_weight, cfg.epochs)
     draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else None
     loader = balanced_loader(train, cfg.batch_size, seed, num_samples=draws)
-    make_trainer(cfg.epochs).fit(model, train_dataloaders=loader)
+    make_trainer(cfg.epochs, lightning_precision(cfg.precision)).fit(model, train_dataloaders=loader)
     return model.eval()
+
+
+def lightning_precision(setting: str) -> str:
+    """The segmenter's Lightning precision for the spec's ``evaluation.precision``."""
+    from anoaug.cpu import native_bf16
+
+    bf16 = setting == "bf16" or (setting == "auto" and native_bf16())
+    return "bf16-mixed" if bf16 else "32-true"
 
 
 def _predict_segmenter(model: Segmenter, eval_set: list[Sample], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +245,7 @@ def run_evaluation(
         "seeds": seeds,
         "models": cfg.models,
         "config": cfg.model_dump(mode="json"),
+        "segmenter_precision": lightning_precision(cfg.precision),  # as resolved on this machine
         "pre_trained": cfg.pre_trained,
         "none_arm": (
             f"The segmenter cannot learn without positive pixels, so in the 'none' arm it is replaced by the "

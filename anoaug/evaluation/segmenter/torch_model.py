@@ -70,6 +70,7 @@ class SegmenterModel(nn.Module):
         pad_h, pad_w = (-h) % s, (-w) % s
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        x = x.contiguous(memory_format=torch.channels_last)  # channels_last: faster oneDNN convolutions on CPU
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
