@@ -108,3 +108,30 @@ def test_report_from_run_dir(tmp_path: Path) -> None:
 def test_report_needs_a_run_dir(tmp_path: Path) -> None:
     with pytest.raises(AnoaugError, match="run.json"):
         write_report(tmp_path)
+
+
+def test_learned_generators_are_compared_with_the_model_free_ones() -> None:
+    """A diffusion arm gets paired gains over each model-free arm with the same use of the real few."""
+    from anoaug.report.build import gain_baselines, summarise
+    from anoaug.report.schema import RunResult
+
+    ap = {
+        "none": [0.01, 0.01],
+        "real-few": [0.40, 0.42],
+        "crop-paste": [0.50, 0.55],
+        "diffusion-tiny": [0.60, 0.59],
+        "cutpaste+real": [0.45, 0.47],
+        "diffusion-tiny+real": [0.70, 0.72],
+    }
+    runs = [
+        RunResult(model="segmenter", arm=a, seed=s, implementation="x", metrics={"pixel_ap": v}, seconds=1.0)
+        for a, vals in ap.items()
+        for s, v in enumerate(vals)
+    ]
+    _, gains = summarise(runs, list(ap))
+    pairs = {(g.arm, g.baseline): g.differences for g in gains}
+    assert pairs["diffusion-tiny", "crop-paste"] == pytest.approx([0.10, 0.04])
+    assert pairs["diffusion-tiny+real", "cutpaste+real"] == pytest.approx([0.25, 0.25])
+    assert ("diffusion-tiny", "cutpaste+real") not in pairs and ("diffusion-tiny+real", "crop-paste") not in pairs
+    assert ("crop-paste", "cutpaste+real") not in pairs  # model-free arms are not compared with each other
+    assert gain_baselines(gains) == ["none", "real-few", "crop-paste", "cutpaste+real"]

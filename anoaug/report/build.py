@@ -13,7 +13,7 @@ import numpy as np
 
 from anoaug.errors import AnoaugError
 from anoaug.evaluation.metrics import ALL_METRICS, mean_ci
-from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM
+from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM, parse_arm
 from anoaug.report import figures
 from anoaug.report.schema import Gain, Report, RunResult, Stat, Summary
 
@@ -50,11 +50,36 @@ def load_runs(run_dir: Path) -> list[RunResult]:
     return runs
 
 
+# Generators without learned weights: a learned generator (diffusion) is also compared with each of them.
+MODEL_FREE_GENERATORS = ("crop-paste", "cutpaste", "perlin")
+
+
+def _baselines(arm: str, arms: set[str]) -> list[str]:
+    """Arms that ``arm`` is compared with, paired by seed: 'none' and 'real-few' always; for a learned
+    generator's arm also every model-free generator arm with the same use of the real few."""
+    out = [NONE_ARM, REAL_ARM]
+    a = parse_arm(arm)
+    if a.generator is not None and a.generator not in MODEL_FREE_GENERATORS:
+        for other in sorted(arms):
+            b = parse_arm(other)
+            if b.generator in MODEL_FREE_GENERATORS and b.use_real == a.use_real:
+                out.append(other)
+    return out
+
+
+def gain_baselines(gains: list[Gain]) -> list[str]:
+    """The baselines present in ``gains``: 'none', 'real-few', then the model-free arms."""
+    present = {g.baseline for g in gains}
+    return [b for b in (NONE_ARM, REAL_ARM) if b in present] + sorted(present - {NONE_ARM, REAL_ARM})
+
+
 def summarise(runs: list[RunResult], arm_order: list[str]) -> tuple[list[Summary], list[Gain]]:
-    """Mean/CI per (model, arm, metric), and paired gains of every arm over 'none' and 'real-few'."""
+    """Mean/CI per (model, arm, metric), and paired gains of every arm over 'none' and 'real-few' (and of
+    learned generators over the model-free ones, see `_baselines`)."""
     by: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for r in runs:
         by.setdefault((r.model, r.arm), {})[r.seed] = r.metrics
+    all_arms = {arm for _, arm in by}
     order = {a: i for i, a in enumerate(arm_order)}
     keys = sorted(by, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
     summary, gains = [], []
@@ -75,7 +100,7 @@ def summarise(runs: list[RunResult], arm_order: list[str]) -> tuple[list[Summary
                     stat=stat,
                 )
             )
-            for baseline in (NONE_ARM, REAL_ARM):
+            for baseline in _baselines(arm, all_arms):
                 if arm in (baseline, NONE_ARM) or (model, baseline) not in by:
                     continue
                 base = by[model, baseline]
@@ -120,7 +145,7 @@ def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> 
     fig_dir = out / "figures"
     models = sorted({g.model for g in report.gains})
     for model in models:
-        for base in (NONE_ARM, REAL_ARM):
+        for base in gain_baselines(report.gains):
             figs[f"gain_{model}_vs_{base}"] = figures.gain_bars(
                 report.gains, model, base, fig_dir / f"gain_{model}_vs_{base}.png"
             )
@@ -241,7 +266,7 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     metrics = [m for m in TABLE_METRICS if any(s.metric == m for s in report.summary)]
     rows = [[m, a, *(_fmt(stats.get((m, a, k))) for k in metrics)] for m, a in pairs]
     out.append(("Metrics (mean ± 95% CI half-width over seeds)", ["model", "arm", *metrics], rows))
-    for base in (NONE_ARM, REAL_ARM):
+    for base in gain_baselines(report.gains):
         g = {(x.model, x.arm, x.metric): x for x in report.gains if x.baseline == base}
         gpairs = list(dict.fromkeys((x.model, x.arm) for x in report.gains if x.baseline == base))
         if not gpairs:
