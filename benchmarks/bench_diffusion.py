@@ -60,7 +60,7 @@ def _synthetic_requests(n: int, types: list[str], size: int = 256) -> list:
 def bench_overhead(args: argparse.Namespace) -> None:
     import torch
 
-    from anoaug.generators.diffusion.models.tiny_unet import model_input
+    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
     from anoaug.generators.diffusion.tiny import cpu_threads
 
     params = {"inference_steps": args.steps, "scheduler": args.scheduler, "gen_batch": args.batch}
@@ -82,7 +82,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
     def forward() -> None:
         with torch.no_grad():
             inp = model_input(x, x, mch).contiguous(memory_format=torch.channels_last)
-            gen.unet(inp, t, class_labels=labels)
+            denoise(gen.unet, inp, t, labels)
 
     gen.generate(reqs)  # warm-up
     with cpu_threads(gen.p["gen_threads"]):  # the same threads as generate()
