@@ -338,3 +338,63 @@ def test_busy_cores_sees_other_processes_not_this_one() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# ----------------------------------------------------------------------------- trimap conditioning
+
+
+def test_mask_channel_carries_the_trimap() -> None:
+    from anoaug.generators.diffusion.training import mask_channel
+
+    mask = np.zeros((16, 16), bool)
+    mask[7:9, 4:12] = True
+    obj = np.zeros((16, 16), bool)
+    obj[:, :10] = True
+    ch = mask_channel(mask, 1, obj)
+    assert set(np.unique(ch)) == {0.0, 0.25, 0.5, 1.0}
+    assert (ch[mask] == 1).all() and ch[0, 0] == 0.25 and ch[0, 15] == 0.0 and ch[6, 6] == 0.5
+    assert set(np.unique(mask_channel(mask, 1))) == {0.0, 0.5, 1.0}  # without a trimap: context is 0
+
+
+def test_sampler_batches_with_and_without_trimap() -> None:
+    from anoaug.generators.diffusion.training import CropExample, CropSampler
+
+    rng = np.random.default_rng(3)
+    img, m = _normal(rng), _line_mask(rng)
+    half = np.zeros(m.shape, bool)
+    half[:, :32] = True
+    ex = [CropExample(img, m, 0, obj=half)]
+    with_t = CropSampler(ex, [_normal(rng)], crop=32, band=1, seed=0, normal_objs=[half]).batch(8)["mask"]
+    assert {0.0, 0.25}.issubset(set(np.unique(with_t.numpy())))
+    without = CropSampler([CropExample(img, m, 0)], [_normal(rng)], crop=32, band=1, seed=0).batch(8)["mask"]
+    assert 0.25 not in set(np.unique(without.numpy()))
+    with pytest.raises(ValueError, match="object mask for every"):
+        CropSampler([CropExample(img, m, 0)], [_normal(rng)], crop=32, band=1, normal_objs=[half])
+
+
+def test_generation_is_conditioned_on_the_trimap(fitted) -> None:
+    """The same request with another trimap (object vs background around the mask) gives another image;
+    outside the mask the normal image stays exact either way."""
+    gen, _ = fitted
+    assert gen.trimap  # the default
+    req = _requests(1)[0]
+    obj = np.zeros(req.mask.shape, np.uint8)
+    obj[:, : req.mask.shape[1] // 2] = 127
+    trimap = np.where(req.mask, 255, obj).astype(np.uint8)
+    a = gen.generate([req])[0]
+    b = gen.generate([GenerationRequest(req.normal, req.mask, req.defect_type, req.seed, trimap=trimap)])[0]
+    assert not np.array_equal(a.image, b.image)
+    edit = dilate_mask(req.mask, 1)
+    assert np.array_equal(b.image[~edit], req.normal[~edit])
+
+
+def test_artifact_without_trimap_key_loads_unconditioned(fitted, tmp_path: Path) -> None:
+    import shutil
+
+    _, out = fitted
+    art = tmp_path / "old"
+    shutil.copytree(out, art)
+    info = json.loads((art / "tiny.json").read_text())
+    del info["trimap"]
+    (art / "tiny.json").write_text(json.dumps(info))
+    assert get_generator("diffusion-tiny").load(art).trimap is False

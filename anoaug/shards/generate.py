@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -496,7 +497,13 @@ def generate_category(
                     if artifact_hash(art_dir) == old["artifact_hash"]:
                         generator = gen_cls.load(art_dir)
             if generator is None:
-                generator = _fit(gen_cls, params, data, split, kind, out, run_seed)
+                from anoaug.masks.foreground import extract_foreground
+
+                fg_spec = spec.masks.foreground
+                generator = _fit(
+                    gen_cls, params, data, split, kind, out, run_seed,
+                    foreground_fn=functools.partial(extract_foreground, spec=fg_spec, kind=kind),
+                )  # fmt: skip
         assert generator.artifact_hash is not None
         if old is not None and old.get("artifact_hash") != generator.artifact_hash:
             _clear(out, prefix, keep_artifact=True)  # samples of another artifact cannot be kept
@@ -559,15 +566,19 @@ def _fit(
     kind: str,
     out: Path,
     seed: int,
+    foreground_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Generator:
-    """Fit into ``.artifact.tmp`` and rename to ``artifact`` (a crash never leaves a half artifact)."""
+    """Fit into ``.artifact.tmp`` and rename to ``artifact`` (a crash never leaves a half artifact).
+    ``foreground_fn`` (the masks stage's foreground, image -> bool) lets generators learn trimaps."""
     final = out / ARTIFACT_DIR
     tmp = out / f".{ARTIFACT_DIR}{TMP_SUFFIX}"
     for p in (tmp, final):
         if p.exists():
             shutil.rmtree(p)
     gen = gen_cls(params)
-    gen.fit(FitData.from_split(data, split, kind=kind), tmp, seed=seed)
+    fit_data = FitData.from_split(data, split, kind=kind)
+    fit_data.foreground_fn = foreground_fn
+    gen.fit(fit_data, tmp, seed=seed)
     os.replace(tmp, final)
     return gen_cls.load(final)
 

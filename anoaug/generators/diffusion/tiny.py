@@ -44,6 +44,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "widths": [16, 32, 64, 128],
     "layers_per_block": 1,
     "patch": 1,  # pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see models.tiny_unet)
+    # condition on the trimap (object vs background around the mask, from the masks stage's foreground)
+    "trimap": True,
     # training
     "train_steps": 2500,
     "time_budget_s": 420,  # stop earlier when this much training time (cumulative over resumes) is spent
@@ -98,6 +100,7 @@ class TinyDiffusionGenerator(Generator):
         self.noise_scheduler: DDPMScheduler | None = None
         self.types: list[str] = []
         self.train_summary: dict[str, Any] = {}
+        self.trimap = bool(self.p["trimap"])
 
     # ------------------------------------------------------------------ fit / load
 
@@ -119,8 +122,13 @@ class TinyDiffusionGenerator(Generator):
             raise GeneratorError(f"diffusion-tiny: category '{data.category}' has no generator-training defects")
         self.types = data.defect_types
         index = {t: i for i, t in enumerate(self.types)}
-        examples = [CropExample(d.image, d.mask.astype(bool), index[d.defect_type]) for d in data.defects]
         normals = data.normal_images(limit=int(p["max_normals"]))
+        self.trimap = bool(p["trimap"])
+        fg = data.foreground_fn if self.trimap and data.foreground_fn is not None else _everything
+        examples = [
+            CropExample(d.image, d.mask.astype(bool), index[d.defect_type], fg(d.image) if self.trimap else None)
+            for d in data.defects
+        ]
         sampler = CropSampler(
             examples,
             normals,
@@ -129,6 +137,7 @@ class TinyDiffusionGenerator(Generator):
             kind=data.kind,
             normal_fraction=float(p["normal_fraction"]),
             seed=seed,
+            normal_objs=[fg(n) for n in normals] if self.trimap else None,
         )
         torch.manual_seed(seed)  # weight init
         unet = build_tiny_unet(self._unet_config())
@@ -160,7 +169,12 @@ class TinyDiffusionGenerator(Generator):
         }
         unet.save_pretrained(out_dir / "unet", safe_serialization=True)
         self.noise_scheduler.save_pretrained(out_dir / "scheduler")
-        meta = {"types": self.types, "unet": self._unet_config().to_dict(), "train": self.train_summary}
+        meta = {
+            "types": self.types,
+            "unet": self._unet_config().to_dict(),
+            "train": self.train_summary,
+            "trimap": self.trimap,
+        }
         (out_dir / TINY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def _unet_config(self) -> TinyUNetConfig:
@@ -183,6 +197,7 @@ class TinyDiffusionGenerator(Generator):
         info = json.loads(tiny.read_text())
         self.types = list(info["types"])
         self.train_summary = info.get("train", {})
+        self.trimap = bool(info.get("trimap", False))  # artifacts from before trimap conditioning: none
         self.unet = load_tiny_unet(
             artifact_dir / "unet", n_types=len(self.types), crop=int(self.p["crop"]), patch=int(self.p["patch"])
         )
@@ -192,6 +207,12 @@ class TinyDiffusionGenerator(Generator):
             raise GeneratorError(f"diffusion-tiny: cannot read the noise scheduler: {exc}", artifact_dir) from None
 
     # ------------------------------------------------------------------ generate
+
+    def _crop_obj(self, w: _Window, r: GenerationRequest) -> np.ndarray | None:
+        """The request's trimap object (defect + object) in the window, or None without trimap conditioning."""
+        if not self.trimap:
+            return None
+        return w.crop_mask(r.allowed)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Bit-identical for the same requests, chunking (``gen_batch``) and ``gen_threads``; a request's
@@ -229,11 +250,11 @@ class TinyDiffusionGenerator(Generator):
         known = torch.stack([w.to_crop_tensor(r.normal) for w, r in zip(windows, reqs, strict=True)])
         mch = torch.stack(
             [
-                torch.from_numpy(mask_channel(w.crop_mask(r.mask), int(p["dilate"])))[None]
+                torch.from_numpy(mask_channel(w.crop_mask(r.mask), int(p["dilate"]), self._crop_obj(w, r)))[None]
                 for w, r in zip(windows, reqs, strict=True)
             ]
         )
-        region = (mch > 0).float()
+        region = (mch >= 0.5).float()  # defect + band: generated; below: known context
         labels = torch.tensor([self.types.index(r.defect_type) for r in reqs], dtype=torch.long)
         normal_label = torch.full_like(labels, len(self.types))
         guidance = float(p["guidance"])
@@ -293,6 +314,11 @@ def resolve_bf16(setting: bool | str) -> bool:
     from anoaug.cpu import native_bf16
 
     return native_bf16()
+
+
+def _everything(image: np.ndarray) -> np.ndarray:
+    """Object foreground when none is known: the whole image (as `GenerationRequest.allowed`)."""
+    return np.ones(image.shape[:2], bool)
 
 
 @contextmanager

@@ -58,11 +58,17 @@ def crop_window(img: np.ndarray, cy: float, cx: float, side: int) -> np.ndarray:
     return img[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
 
 
-def mask_channel(mask: np.ndarray, band: int) -> np.ndarray:
-    """1 on the defect, 0.5 on a ``band``-px ring around it (also generated), 0 on known context."""
+# Mask-channel levels: generated = defect and band; known context = object or background (the trimap).
+DEFECT, BAND, OBJECT, BACKGROUND = 1.0, 0.5, 0.25, 0.0
+
+
+def mask_channel(mask: np.ndarray, band: int, obj: np.ndarray | None = None) -> np.ndarray:
+    """1 on the defect, 0.5 on a ``band``-px ring around it (also generated); on the known context 0.25
+    where ``obj`` (the trimap's object) is True and 0 elsewhere. Without ``obj`` the context is 0."""
     m = mask.astype(bool)
-    out = dilate_mask(m, band).astype(np.float32) * 0.5
-    out[m] = 1.0
+    out = np.zeros(m.shape, np.float32) if obj is None else obj.astype(np.float32) * OBJECT
+    out[dilate_mask(m, band)] = BAND
+    out[m] = DEFECT
     return out
 
 
@@ -74,6 +80,7 @@ class CropExample:
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool
     label: int
+    obj: np.ndarray | None = None  # (H, W) bool object foreground (trimap); None = not conditioned on it
 
 
 def build_augment(crop: int, kind: str) -> A.Compose:
@@ -93,7 +100,8 @@ def build_augment(crop: int, kind: str) -> A.Compose:
             A.CenterCrop(crop, crop),
             A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.02, p=0.8),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 3)), A.GaussNoise(std_range=(0.01, 0.03))], p=0.2),
-        ]
+        ],
+        additional_targets={"obj": "mask"},  # the trimap's object mask follows the geometry
     )
 
 
@@ -112,11 +120,18 @@ class CropSampler:
         kind: str = "object",
         normal_fraction: float = 0.25,
         seed: int = 0,
+        normal_objs: Sequence[np.ndarray] | None = None,
     ) -> None:
+        """``normal_objs``: the object foreground of each normal; given (and ``obj`` on every defect), the
+        mask channel carries the trimap (see `mask_channel`)."""
         if not defects:
             raise ValueError("no defect examples to train on")
         self.defects = list(defects)
         self.normals = list(normals)
+        self.trimap = normal_objs is not None
+        if self.trimap and (len(normal_objs) != len(self.normals) or any(d.obj is None for d in self.defects)):
+            raise ValueError("trimap training needs an object mask for every normal and every defect")
+        self.normal_objs = list(normal_objs) if normal_objs is not None else []
         self.crop, self.band = crop, band
         self.normal_fraction = normal_fraction if self.normals else 0.0
         self.normal_label = max(d.label for d in self.defects) + 1
@@ -125,7 +140,7 @@ class CropSampler:
         self.sides = [window_side(d.mask, crop) for d in self.defects]
         self.pixels = [np.argwhere(d.mask) for d in self.defects]
 
-    def _defect_crop(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _defect_crop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         d, side = self.defects[i], self.sides[i]
         pts = self.pixels[i]
         for _ in range(8):
@@ -135,43 +150,51 @@ class CropSampler:
             big = int(round(side * 1.5))
             img = crop_window(d.image, cy, cx, big)
             msk = crop_window(d.mask.astype(np.uint8), cy, cx, big)
-            img, msk = self._resize_augment(img, msk)
+            obj = None if d.obj is None else crop_window(d.obj.astype(np.uint8), cy, cx, big)
+            img, msk, obj = self._resize_augment(img, msk, obj)
             if msk.any():
-                return img, msk
-        return img, msk
+                return img, msk, obj
+        return img, msk, obj
 
-    def _resize_augment(self, img: np.ndarray, msk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _resize_augment(
+        self, img: np.ndarray, msk: np.ndarray, obj: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         big = int(round(self.crop * 1.5))
         if img.shape[0] != big:
             img = cv2.resize(img, (big, big), interpolation=cv2.INTER_AREA)
             msk = cv2.resize(msk.astype(np.float32), (big, big), interpolation=cv2.INTER_LINEAR) > 0.5
+            if obj is not None:
+                obj = cv2.resize(obj.astype(np.float32), (big, big), interpolation=cv2.INTER_LINEAR) > 0.5
         self.augment.set_random_seed(int(self.rng.integers(2**31 - 1)))
-        out = self.augment(image=img, mask=msk.astype(np.uint8))
-        return out["image"], out["mask"].astype(bool)
+        extra = {} if obj is None else {"obj": obj.astype(np.uint8)}
+        out = self.augment(image=img, mask=msk.astype(np.uint8), **extra)
+        return out["image"], out["mask"].astype(bool), None if obj is None else out["obj"].astype(bool)
 
-    def _normal_crop(self) -> tuple[np.ndarray, np.ndarray]:
-        normal = self.normals[self.rng.integers(len(self.normals))]
-        _, hole = self._defect_crop(int(self.rng.integers(len(self.defects))))  # a defect-shaped hole
+    def _normal_crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        j = int(self.rng.integers(len(self.normals)))
+        normal = self.normals[j]
+        _, hole, _ = self._defect_crop(int(self.rng.integers(len(self.defects))))  # a defect-shaped hole
         h, w = normal.shape[:2]
         big = int(round(self.crop * 1.5))
         cy, cx = self.rng.uniform(big / 3, h - big / 3), self.rng.uniform(big / 3, w - big / 3)
         img = crop_window(normal, cy, cx, big)
-        img, _ = self._resize_augment(img, np.zeros(img.shape[:2], bool))
-        return img, hole
+        obj = crop_window(self.normal_objs[j].astype(np.uint8), cy, cx, big) if self.trimap else None
+        img, _, obj = self._resize_augment(img, np.zeros(img.shape[:2], bool), obj)
+        return img, hole, obj
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
         """``image`` (n,3,S,S) in [-1,1], ``mask`` (n,1,S,S) mask channel, ``label`` (n,) class index."""
         imgs, masks, labels = [], [], []
         for _ in range(n):
             if self.rng.random() < self.normal_fraction:
-                img, msk = self._normal_crop()
+                img, msk, obj = self._normal_crop()
                 label = self.normal_label
             else:
                 i = int(self.rng.integers(len(self.defects)))
-                img, msk = self._defect_crop(i)
+                img, msk, obj = self._defect_crop(i)
                 label = self.defects[i].label
             imgs.append(img)
-            masks.append(mask_channel(msk, self.band))
+            masks.append(mask_channel(msk, self.band, obj))
             labels.append(label)
         image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
         mask = torch.from_numpy(np.stack(masks))[:, None]
@@ -324,7 +347,7 @@ def train_tiny(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             pred = denoise(model, inp, t, b["label"])
         target = noise_scheduler.get_velocity(x0, noise, t)
-        weight = torch.where(mch > 0, torch.ones_like(mch), torch.full_like(mch, cfg.ctx_weight))
+        weight = torch.where(mch >= BAND, torch.ones_like(mch), torch.full_like(mch, cfg.ctx_weight))
         loss = masked_mse(pred, target, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

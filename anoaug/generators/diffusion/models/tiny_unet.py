@@ -1,7 +1,8 @@
 """The tiny pixel-space defect UNet: a diffusers `UNet2DModel` conditioned on the defect type.
 
 Input channels: noisy RGB (3) + masked normal context RGB (3) + mask channel (1: 1 = defect,
-0.5 = band around it that is generated too, 0 = known context). With ``patch`` p > 1 the 7-channel
+0.5 = band around it that is generated too; known context: 0.25 = object, 0 = background when the model
+is conditioned on the trimap, else 0). With ``patch`` p > 1 the 7-channel
 crop is pixel-unshuffled into 7·p² channels at 1/p resolution before the UNet and its 3·p² output
 channels are shuffled back: every pixel still reaches the model (thin 1-2 px defects survive), but the
 costly full-resolution levels disappear (p = 2: ~2.5x more training steps per second on CPU).
@@ -63,8 +64,9 @@ def build_tiny_unet(cfg: TinyUNetConfig) -> UNet2DModel:
 
 
 def model_input(noisy: torch.Tensor, known: torch.Tensor, mask_channel: torch.Tensor) -> torch.Tensor:
-    """Concatenate noisy image, masked context (known image where mask_channel == 0) and mask channel."""
-    context = known * (mask_channel == 0).to(known.dtype)
+    """Concatenate noisy image, masked context (known image where mask_channel < 0.5: object or background
+    context) and mask channel."""
+    context = known * (mask_channel < 0.5).to(known.dtype)
     return torch.cat([noisy, context, mask_channel.to(noisy.dtype)], dim=1)
 
 
