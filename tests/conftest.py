@@ -27,6 +27,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect-test"))
+# Before prefect is imported (its settings are read then): the ephemeral API server may take well over
+# Prefect's default 20 s to start on a loaded 2-core machine (seen: a Dask fan-out timing out).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
