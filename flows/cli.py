@@ -96,11 +96,12 @@ def serve_cmd(
     ] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone of the cron (default: the spec's).")] = None,
     limit: Annotated[int | None, typer.Option(help="Most runs at once.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs (runs picked up).")] = False,
 ) -> None:
     """Serve the category flow on a cron schedule (needs a Prefect server: see README, Scheduling)."""
     from flows import env
 
-    env.configure(out)
+    env.configure(out, verbose=verbose)
     from flows.deploy import serve
 
     root = str(data_root.resolve()) if data_root else None
