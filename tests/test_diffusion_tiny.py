@@ -398,3 +398,20 @@ def test_artifact_without_trimap_key_loads_unconditioned(fitted, tmp_path: Path)
     del info["trimap"]
     (art / "tiny.json").write_text(json.dumps(info))
     assert get_generator("diffusion-tiny").load(art).trimap is False
+
+
+def test_far_apart_pieces_are_learned_at_native_scale() -> None:
+    """Two short scratches 90 px apart: each piece gets a native-scale window, not one shrunken window."""
+    import cv2
+
+    from anoaug.generators.diffusion.training import piece_sides, window_side
+
+    m = np.zeros((128, 128), np.uint8)
+    cv2.line(m, (5, 10), (25, 14), 1, 2)
+    cv2.line(m, (95, 110), (110, 104), 1, 2)
+    pts = np.argwhere(m)
+    assert window_side(m.astype(bool), 32) > 32  # the whole mask would not fit a 32 px window
+    assert set(piece_sides(m.astype(bool), 32, pts).tolist()) == {32}
+    big = np.zeros((128, 128), bool)
+    big[10:100, 60:62] = True  # one long piece still grows its window so that it fits
+    assert set(piece_sides(big, 32, np.argwhere(big)).tolist()) == {window_side(big, 32)}

@@ -48,6 +48,21 @@ def window_side(mask: np.ndarray, crop: int, fill: float = 0.75) -> int:
     return max(crop, int(math.ceil(extent / fill)))
 
 
+def piece_sides(mask: np.ndarray, crop: int, pixels: np.ndarray) -> np.ndarray:
+    """`window_side` of the piece each of ``pixels`` belongs to. Pieces = connected components of the
+    mask, joined when closer than a quarter crop: a defect made of far-apart pieces (two scratches) is
+    learned piece by piece at native scale, not shrunk until all of it fits one window."""
+    if len(pixels) == 0:
+        return np.zeros(0, np.int64)
+    gap = max(1, crop // 4)
+    m = mask.astype(np.uint8)
+    grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1,) * 2))
+    _, labels = cv2.connectedComponents(grown, connectivity=8)
+    of_pixel = labels[pixels[:, 0], pixels[:, 1]]
+    side = {int(k): window_side(mask.astype(bool) & (labels == k), crop) for k in np.unique(of_pixel)}
+    return np.array([side[int(k)] for k in of_pixel], np.int64)
+
+
 def crop_window(img: np.ndarray, cy: float, cx: float, side: int) -> np.ndarray:
     """A ``side`` x ``side`` window centred at (cy, cx), reflect-padded where it leaves the image."""
     y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
@@ -137,14 +152,17 @@ class CropSampler:
         self.normal_label = max(d.label for d in self.defects) + 1
         self.rng = np.random.default_rng(seed)
         self.augment = build_augment(crop, kind)
-        self.sides = [window_side(d.mask, crop) for d in self.defects]
         self.pixels = [np.argwhere(d.mask) for d in self.defects]
+        self.sides = [piece_sides(d.mask, crop, pts) for d, pts in zip(self.defects, self.pixels, strict=True)]
 
     def _defect_crop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        d, side = self.defects[i], self.sides[i]
-        pts = self.pixels[i]
+        d, pts = self.defects[i], self.pixels[i]
         for _ in range(8):
-            cy, cx = pts[self.rng.integers(len(pts))] if len(pts) else (d.mask.shape[0] / 2, d.mask.shape[1] / 2)
+            if len(pts):
+                k = self.rng.integers(len(pts))
+                (cy, cx), side = pts[k], int(self.sides[i][k])
+            else:
+                cy, cx, side = d.mask.shape[0] / 2, d.mask.shape[1] / 2, self.crop
             cy += self.rng.uniform(-0.25, 0.25) * side
             cx += self.rng.uniform(-0.25, 0.25) * side
             big = int(round(side * 1.5))
