@@ -115,6 +115,20 @@ def checked_params(generator: str, defaults: dict[str, Any], params: dict[str, A
     return merged
 
 
+def bool_or_auto(value: Any, generator: str, key: str) -> bool | str:
+    """A ``true | false | auto`` generator setting (YAML bools, or strings like ``yes``/``off``) -> bool or ``auto``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise GeneratorError(f"{generator}: {key} must be true, false or auto, got {value!r}")
+
+
 class Generator(ABC):
     """Base class: subclasses set `name`, implement `_fit`, `_load` and `generate`."""
 

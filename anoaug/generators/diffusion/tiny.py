@@ -27,6 +27,7 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
+    bool_or_auto,
     register,
 )
 
@@ -123,10 +124,9 @@ class TinyDiffusionGenerator(Generator):
         self.types = data.defect_types
         index = {t: i for i, t in enumerate(self.types)}
         normals = data.normal_images(limit=int(p["max_normals"]))
-        self.trimap = bool(p["trimap"])
-        fg = data.foreground_fn if self.trimap and data.foreground_fn is not None else _everything
+        fg = (data.foreground_fn or _everything) if self.trimap else None
         examples = [
-            CropExample(d.image, d.mask.astype(bool), index[d.defect_type], fg(d.image) if self.trimap else None)
+            CropExample(d.image, d.mask.astype(bool), index[d.defect_type], fg(d.image) if fg else None)
             for d in data.defects
         ]
         sampler = CropSampler(
@@ -137,7 +137,7 @@ class TinyDiffusionGenerator(Generator):
             kind=data.kind,
             normal_fraction=float(p["normal_fraction"]),
             seed=seed,
-            normal_objs=[fg(n) for n in normals] if self.trimap else None,
+            normal_objs=[fg(n) for n in normals] if fg else None,
         )
         torch.manual_seed(seed)  # weight init
         unet = build_tiny_unet(self._unet_config())
@@ -304,16 +304,10 @@ class TinyDiffusionGenerator(Generator):
 def resolve_bf16(setting: bool | str) -> bool:
     """``auto``: bf16 autocast where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere it is
     emulated and slower than float32."""
-    if isinstance(setting, bool):
-        return setting
-    text = str(setting).lower()
-    if text in ("true", "false"):
-        return text == "true"
-    if text != "auto":
-        raise GeneratorError(f"diffusion-tiny: bf16 must be true, false or auto, got {setting!r}")
     from anoaug.cpu import native_bf16
 
-    return native_bf16()
+    value = bool_or_auto(setting, "diffusion-tiny", "bf16")
+    return native_bf16() if value == "auto" else value
 
 
 def _everything(image: np.ndarray) -> np.ndarray:
@@ -329,14 +323,17 @@ def cpu_threads(setting: int | str) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    n = max(1, int(setting)) if setting != "auto" else before
-    if setting == "auto" and _busy_cores() >= 0.75 * (os.cpu_count() or 1):
-        n = 1
-    torch.set_num_threads(n)
+    torch.set_num_threads(_thread_count(setting, before))
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _thread_count(setting: int | str, current: int) -> int:
+    if setting != "auto":
+        return max(1, int(setting))
+    return 1 if _busy_cores() >= 0.75 * (os.cpu_count() or 1) else current
 
 
 def _busy_cores(window_s: float = 0.5) -> float:
@@ -358,8 +355,8 @@ def _busy_cores(window_s: float = 0.5) -> float:
     if a is None:
         return os.getloadavg()[0]
     time.sleep(window_s)
-    b, own_b, t_b = machine_busy_s(), time.process_time(), time.perf_counter()
-    return max(0.0, ((b or a) - a) - (own_b - own_a)) / (t_b - t_a)
+    b, own_b, t_b = machine_busy_s() or a, time.process_time(), time.perf_counter()
+    return max(0.0, (b - a) - (own_b - own_a)) / (t_b - t_a)
 
 
 def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2DModel:

@@ -52,15 +52,12 @@ def piece_sides(mask: np.ndarray, crop: int, pixels: np.ndarray) -> np.ndarray:
     """`window_side` of the piece each of ``pixels`` belongs to. Pieces = connected components of the
     mask, joined when closer than a quarter crop: a defect made of far-apart pieces (two scratches) is
     learned piece by piece at native scale, not shrunk until all of it fits one window."""
-    if len(pixels) == 0:
-        return np.zeros(0, np.int64)
-    gap = max(1, crop // 4)
-    m = mask.astype(np.uint8)
-    grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1,) * 2))
-    _, labels = cv2.connectedComponents(grown, connectivity=8)
-    of_pixel = labels[pixels[:, 0], pixels[:, 1]]
-    side = {int(k): window_side(mask.astype(bool) & (labels == k), crop) for k in np.unique(of_pixel)}
-    return np.array([side[int(k)] for k in of_pixel], np.int64)
+    from anoaug.masks.synthesis import split_components
+
+    sides = np.full(len(pixels), crop, np.int64)
+    for piece in split_components(mask.astype(bool), max(1, crop // 4), min_area=1):
+        sides[piece[pixels[:, 0], pixels[:, 1]]] = window_side(piece, crop)
+    return sides
 
 
 def crop_window(img: np.ndarray, cy: float, cx: float, side: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
+    bool_or_auto,
     register,
 )
 
@@ -64,19 +65,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _as_bool_or_auto(value: Any, key: str) -> bool | str:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("auto",):
-        return "auto"
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise GeneratorError(f"generator param '{key}' must be true, false or auto, got '{value}'")
-
-
 @register
 class StableDiffusionGenerator(Generator):
     """Stable Diffusion (diffusers format) with per-category learned defect tokens (see module doc)."""
@@ -99,10 +87,8 @@ class StableDiffusionGenerator(Generator):
             raise GeneratorError(
                 f"generator param 'scheduler' must be ddim or dpm++, got '{self.cfg['scheduler']}'"
             )
-        self.cfg["inpainting"] = _as_bool_or_auto(self.cfg["inpainting"], "inpainting")
-        self.cfg["gradient_checkpointing"] = _as_bool_or_auto(
-            self.cfg["gradient_checkpointing"], "gradient_checkpointing"
-        )
+        for key in ("inpainting", "gradient_checkpointing"):
+            self.cfg[key] = bool_or_auto(self.cfg[key], self.name, key)
         self._comps: Any = None
         self._encoder: Any = None
         self._prompts: dict[str, str] = {}
