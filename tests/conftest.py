@@ -92,6 +92,31 @@ def make_mvtec() -> Callable[..., Path]:
     return write_tiny_mvtec
 
 
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """`anoaug ARGS` (the flows CLI) in-process: exit code and all output; an unexpected exception is raised."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, args)
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, text
+
+
+def check_two_category_summary(out: Path, text: str) -> None:
+    """The benchmark summary of a demo/cap + demo/fabric run: both rows, an average, nothing failed."""
+    import json
+
+    summary = json.loads((out / "summary" / "summary.json").read_text())
+    rows = summary["tables"]["image_auroc"]["rows"]
+    assert set(rows) == {"demo/cap", "demo/fabric"} and not summary["failed"]
+    assert summary["tables"]["image_auroc"]["average"]
+    assert "average" in (out / "summary" / "summary.csv").read_text()
+    assert "summary:" in text
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Prefect's ephemeral API server logs 'Stopping temporary server' at interpreter exit, after pytest has
     closed the captured streams; keep that harmless message from printing a logging traceback after the summary."""

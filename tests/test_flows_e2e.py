@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.conftest import FLOW_TINY
+from tests.conftest import FLOW_TINY, run_cli
 
 TINY = FLOW_TINY
 STAGES = ["split", "masks", "generate:cutpaste", "evaluate", "report"]
@@ -27,13 +27,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(out: Path, demo_root: Path, *extra: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        app, ["run", "demo/cap", "--out", str(out), "--data-root", str(demo_root), *TINY, *extra]
-    )
-    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, text
+    return run_cli(["run", "demo/cap", "--out", str(out), "--data-root", str(demo_root), *TINY, *extra])
 
 
 def _manifest(out: Path) -> dict:
