@@ -133,6 +133,9 @@ class Generator(ABC):
     """Base class: subclasses set `name`, implement `_fit`, `_load` and `generate`."""
 
     name: ClassVar[str]
+    # True for generators that learn a model from the defects (diffusion); False for model-free ones
+    # (crop-paste, cutpaste, perlin). The report pairs every learned arm with every model-free arm.
+    learned: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})

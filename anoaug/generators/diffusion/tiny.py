@@ -93,6 +93,7 @@ class TinyDiffusionGenerator(Generator):
     """Pixel-space tiny UNet, trained per category on CPU, sampled with blended diffusion."""
 
     name = "diffusion-tiny"
+    learned = True
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)

@@ -70,6 +70,7 @@ class StableDiffusionGenerator(Generator):
     """Stable Diffusion (diffusers format) with per-category learned defect tokens (see module doc)."""
 
     name = "diffusion-sd"
+    learned = True
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
