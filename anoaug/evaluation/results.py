@@ -14,7 +14,13 @@ from anoaug.evaluation.metrics import classification_metrics, image_metrics, pix
 from anoaug.evaluation.protocol import Sample
 
 
+RUN_FIELDS = ("model", "arm", "seed", "category", "metrics", "seconds")  # metrics.json fields of the runner
+
+
 def _check(task: Task, pred: Prediction, samples: list[Sample], who: str) -> None:
+    clash = sorted(set(pred.info) & set(RUN_FIELDS))
+    if clash or "implementation" not in pred.info:
+        raise AnoaugError(f"detector {who!r}: prediction info must name 'implementation' and not set {clash}")
     if task == "ad":
         if pred.scores is None or pred.maps is None:
             raise AnoaugError(f"detector {who!r} (task 'ad') returned no scores or maps")
