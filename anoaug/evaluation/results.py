@@ -13,7 +13,6 @@ from anoaug.evaluation.detectors.base import Prediction, Task
 from anoaug.evaluation.metrics import classification_metrics, image_metrics, pixel_metrics
 from anoaug.evaluation.protocol import Sample
 
-
 RUN_FIELDS = ("model", "arm", "seed", "category", "metrics", "seconds")  # metrics.json fields of the runner
 
 
