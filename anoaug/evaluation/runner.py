@@ -235,13 +235,7 @@ def run_evaluation(
             f"one-class anomalib model '{cfg.none_baseline}' (pre_trained={cfg.pre_trained}) trained on the "
             f"same normal images at the same size. Gains over 'none' therefore compare supervised training "
             f"on the arm's defects with the one-class baseline; gains over 'real-few' compare like with like."
-            + (
-                " DRÆM ('draem') keeps anomalib's Perlin anomalies in 'none' (Perlin-noise textures unless "
-                "params.draem.dtd_dir names a local DTD); in the other arms its anomalies are the arm's defect "
-                "pairs, pasted under their masks onto normal training images, so gains over 'none' are Perlin vs ours."
-                if "draem" in cfg.models
-                else ""
-            )
+            + "".join(get_detector(m).none_arm_note for m in dict.fromkeys(cfg.models))
         ),
         "generation_quality": generation_quality_status(),
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": device},

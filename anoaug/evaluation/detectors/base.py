@@ -71,6 +71,8 @@ class Detector(ABC):
     task: ClassVar[Task] = "ad"
     needs_defects: ClassVar[NoDefects] = "one-class"
     uses_defects: ClassVar[bool] = True  # False: normals only, one run per seed under arm 'none'
+    # Appended to run.json's note on the 'none' arm (how this detector treats it), when it runs.
+    none_arm_note: ClassVar[str] = ""
     # Deprecated flat ``evaluation.params`` keys of this detector -> its settings' names.
     renamed: ClassVar[dict[str, str]] = {}
 

@@ -34,6 +34,11 @@ class DraemDetector(Detector):
     task = "ad"
     needs_defects = "one-class"
     renamed = {"draem_dtd_dir": "dtd_dir"}
+    none_arm_note = (
+        " DRÆM ('draem') keeps anomalib's Perlin anomalies in 'none' (Perlin-noise textures unless "
+        "params.draem.dtd_dir names a local DTD); in the other arms its anomalies are the arm's defect "
+        "pairs, pasted under their masks onto normal training images, so gains over 'none' are Perlin vs ours."
+    )
 
     @classmethod
     def check(cls, cfg: EvaluationSection) -> list[str]:
