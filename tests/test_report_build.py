@@ -178,3 +178,19 @@ def test_report_shows_the_arms_with_their_generator_and_params(tmp_path: Path) -
     assert md.startswith("# anoaug evaluation: demo / fabric")
     assert "| cutpaste | crop-paste | cutpaste | {\"feather\": 0} | no |" in md
     assert "<td>cutpaste</td><td>crop-paste</td><td>cutpaste</td>" in paths["html"].read_text()
+
+
+def test_older_arm_records_read_the_generation_record_of_their_shards(tmp_path: Path) -> None:
+    from anoaug.report.build import arm_record
+
+    shards = tmp_path / "generate" / "cp-sharp"
+    shards.mkdir(parents=True)
+    record = {"generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 0}, "category": "cap"}
+    (shards / "run.json").write_text(json.dumps(record))
+    old = {"name": "cp-sharp+real", "generator": "cp-sharp", "use_real": True, "source": str(shards)}
+    rec = arm_record(old)
+    assert (rec["name"], rec["generator"], rec["variant"], rec["generator_params"]) == (
+        "cp-sharp+real", "crop-paste", "cp-sharp", {"feather": 0})  # fmt: skip
+    new = {**old, "generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 1}}
+    assert arm_record(new) == new  # a record with the fields is used as it is
+    assert arm_record({**old, "source": str(tmp_path / "missing")})["generator"] == "cp-sharp"

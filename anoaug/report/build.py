@@ -16,6 +16,7 @@ from anoaug.evaluation.metrics import ALL_METRICS, mean_ci
 from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM, parse_arm
 from anoaug.report import figures
 from anoaug.report.schema import Gain, Report, RunResult, Stat, Summary
+from anoaug.shards.format import RUN_FILE as GENERATION_RUN_FILE
 
 CSV_COLUMNS = {  # our metric key -> anomalib-benchmark-style column
     "image_auroc": "image_AUROC",
@@ -48,6 +49,21 @@ def load_runs(run_dir: Path) -> list[RunResult]:
             )
         )
     return runs
+
+
+def arm_record(arm: dict[str, Any]) -> dict[str, Any]:
+    """An arm of run.json with its ``generator``, ``variant`` and ``generator_params``: as recorded, or, for
+    a record without ``variant``, from the generation record of its shard folder (``<source>/run.json``)."""
+    if "variant" in arm or not arm.get("source"):
+        return arm
+    try:
+        generation = json.loads((Path(arm["source"]) / GENERATION_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return arm
+    if not isinstance(generation, dict) or "generator" not in generation:
+        return arm
+    keys = ("generator", "variant", "generator_params")
+    return {**arm, **{k: generation.get(k) for k in keys}}
 
 
 def arm_generators(arms: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -236,8 +252,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     runs = load_runs(run_dir)
     if not runs:
         raise AnoaugError("the run directory holds no finished runs (runs/*/*/seed*/metrics.json)", run_dir)
-    arm_order = [a["name"] for a in meta["arms"]]
-    summary, gains = summarise(runs, arm_order, arm_generators(meta["arms"]))
+    arms = [arm_record(a) for a in meta["arms"]]
+    arm_order = [a["name"] for a in arms]
+    summary, gains = summarise(runs, arm_order, arm_generators(arms))
     notes = [meta["none_arm"], meta["protocol"]["selection"], meta["generation_quality"]["note"]]
     if not meta.get("pre_trained"):
         notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
@@ -249,7 +266,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
         profile=meta["profile"],
         seeds=meta["seeds"],
         models=meta["models"],
-        arms=meta["arms"],
+        arms=arms,
         protocol=meta["protocol"],
         config=meta["config"],
         notes=notes,
