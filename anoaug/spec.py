@@ -127,8 +127,8 @@ class EvaluationSection(Section):
 
     arms: list[str] = Field(
         default_factory=lambda: ["none", "real-few", "cutpaste"],
-        description="'none' (one-class), 'real-few' (the gen_train_defect images), a generator or variant name "
-        "(its shards), or '<name>+real' (its shards plus the real few).",
+        description="'none' (one-class), 'real-few' (the gen_train_defect images), a generator name "
+        "(its shards), or '<generator>+real' (its shards plus the real few).",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     models: list[str] = Field(

@@ -131,7 +131,15 @@ def test_producers_their_params_and_cache_keys() -> None:
     assert stages.generate_fingerprint(spec, split, None, "cp-sharp") == keys["crop-paste"]
 
 
-def test_variant_params_from_set_and_generator_option() -> None:
+def test_variant_params_from_set_and_generator_option(tmp_path: Path) -> None:
+    spec_file = tmp_path / "cap.yaml"
+    spec_file.write_text(
+        "dataset: {name: demo, category: cap}\ngenerator: {name: cutpaste, params: {jitter: 0.2}}\n"
+        "variants: {cp-sharp: {generator: crop-paste, params: {feather: 0}}}\n"
+    )
+    spec = prepare_spec(spec_file, generator="cp-sharp")  # a variant is added as an arm, the generator stays
+    assert spec.generator.name == "cutpaste" and spec.generator.params == {"jitter": 0.2}
+    assert spec.evaluation.arms[-1] == "cp-sharp" and spec.producers()[-1] == "cp-sharp"
     variant = {"variants": {"cp-sharp": {"generator": "crop-paste", "params": {"feather": 0}}}}
     sets = deep_merge(variant, parse_sets(["variants.cp-sharp.params.feather=3", "evaluation.arms=[none, cp-sharp]"]))
     spec = prepare_spec("demo/cap", sets=sets)
