@@ -49,7 +49,7 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
     from anoaug.pipeline.config import check_producers
     from anoaug.spec import resolve_spec
 
-    spec = check_producers(resolve_spec(spec_or_root, category))
+    spec = check_producers(resolve_spec(spec_or_root, category), arms=False)
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
     default = default_split_path(data.dataset, data.category, spec.seed)
     if split is not None:
@@ -120,7 +120,7 @@ def spec_show(
     from anoaug.pipeline.config import check_producers
     from anoaug.spec import load_spec
 
-    s = check_producers(load_spec(spec))
+    s = check_producers(load_spec(spec), arms=False)
     data = s.model_dump(mode="json")
     if as_json:
         print(json.dumps(data, indent=2))

@@ -103,12 +103,13 @@ def prepare_spec(
     return check_producers(spec)
 
 
-def check_producers(spec: PipelineSpec) -> PipelineSpec:
+def check_producers(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
     """``spec`` after ``PipelineSpec.check_producers`` against the installed generators (variant names and
-    generators, arms). Here, not in anoaug.spec: the generator registry imports the spec module."""
+    generators; with ``arms`` also the arms, which a run generates, while `anoaug evaluate` may take shards
+    made elsewhere). Here, not in anoaug.spec: the generator registry imports the spec module."""
     from anoaug.generators import available_generators
 
-    spec.check_producers(available_generators())
+    spec.check_producers(available_generators(), arms=arms)
     return spec
 
 
