@@ -80,7 +80,8 @@ def prepare_spec(
     if seed is not None:
         data["seed"] = seed
     if generator is not None:
-        if generator != data["generator"]["name"]:
+        # A variant is added as an arm; another generator replaces the spec's (with its defaults).
+        if generator != data["generator"]["name"] and generator not in data.get("variants", {}):
             data["generator"] = {"name": generator, "params": {}}
         arms = list(data["evaluation"]["arms"])
         if not any(a == generator or a.startswith(f"{generator}+") for a in arms):
@@ -97,8 +98,18 @@ def prepare_spec(
         from anoaug.generators import available_generators
 
         known = available_generators()
-        if generator not in known:
+        if generator not in known and generator not in spec.variants:
             raise SpecError(f"unknown generator {generator!r}; available: {', '.join(known) or 'none'}")
+    return check_producers(spec)
+
+
+def check_producers(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
+    """``spec`` after ``PipelineSpec.check_producers`` against the installed generators (variant names and
+    generators; with ``arms`` also the arms, which a run generates, while `anoaug evaluate` may take shards
+    made elsewhere). Here, not in anoaug.spec: the generator registry imports the spec module."""
+    from anoaug.generators import available_generators
+
+    spec.check_producers(available_generators(), arms=arms)
     return spec
 
 
