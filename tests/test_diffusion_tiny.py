@@ -168,7 +168,7 @@ def test_outside_mask_is_exactly_the_normal_image(fitted) -> None:
 
 
 def test_bf16_setting_resolves_and_is_checked() -> None:
-    from anoaug.generators.diffusion.tiny import resolve_bf16
+    from anoaug.generators.diffusion.tiny.generator import resolve_bf16
 
     assert resolve_bf16(True) is True and resolve_bf16("false") is False
     assert resolve_bf16("auto") in (True, False)
@@ -214,7 +214,7 @@ def test_patched_model_fits_generates_and_reloads(tmp_path: Path) -> None:
 def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None:
     import shutil
 
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig, build_tiny_unet
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
 
     _, out = fitted
     cls = get_generator("diffusion-tiny")
@@ -246,8 +246,8 @@ def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None
 
 
 def _sampler_and_model(seed: int = 0, patch: int = 1):
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig, build_tiny_unet
-    from anoaug.generators.diffusion.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
+    from anoaug.generators.diffusion.tiny.training import CropExample, CropSampler
 
     rng = np.random.default_rng(1)
     examples = []
@@ -261,8 +261,8 @@ def _sampler_and_model(seed: int = 0, patch: int = 1):
 
 
 def _eval_loss(model, scheduler, batch) -> float:
-    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
-    from anoaug.generators.diffusion.training import masked_mse
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
+    from anoaug.generators.diffusion.tiny.training import masked_mse
 
     g = torch.Generator().manual_seed(123)
     x0, mch = batch["image"], batch["mask"]
@@ -276,7 +276,7 @@ def _eval_loss(model, scheduler, batch) -> float:
 
 @pytest.mark.parametrize("patch", [1, 2])
 def test_training_loss_decreases(patch: int) -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sampler, model = _sampler_and_model(patch=patch)
     sched = make_noise_scheduler()
@@ -290,7 +290,7 @@ def test_training_loss_decreases(patch: int) -> None:
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sched = make_noise_scheduler()
     cfg = TrainConfig(train_steps=6, time_budget_s=None, batch=2, warmup_steps=2)
@@ -315,7 +315,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> 
 
 
 def test_time_budget_stops_training() -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sampler, model = _sampler_and_model()
     cfg = TrainConfig(train_steps=10_000, time_budget_s=0.0, batch=2)
@@ -329,7 +329,7 @@ def test_busy_cores_sees_other_processes_not_this_one() -> None:
     import sys
     import time
 
-    from anoaug.generators.diffusion.tiny import _busy_cores
+    from anoaug.generators.diffusion.tiny.generator import _busy_cores
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -344,7 +344,7 @@ def test_busy_cores_sees_other_processes_not_this_one() -> None:
 
 
 def test_mask_channel_carries_the_trimap() -> None:
-    from anoaug.generators.diffusion.training import mask_channel
+    from anoaug.generators.diffusion.tiny.training import mask_channel
 
     mask = np.zeros((16, 16), bool)
     mask[7:9, 4:12] = True
@@ -357,7 +357,7 @@ def test_mask_channel_carries_the_trimap() -> None:
 
 
 def test_sampler_batches_with_and_without_trimap() -> None:
-    from anoaug.generators.diffusion.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.training import CropExample, CropSampler
 
     rng = np.random.default_rng(3)
     img, m = _normal(rng), _line_mask(rng)
@@ -404,7 +404,7 @@ def test_far_apart_pieces_are_learned_at_native_scale() -> None:
     """Two short scratches 90 px apart: each piece gets a native-scale window, not one shrunken window."""
     import cv2
 
-    from anoaug.generators.diffusion.training import piece_sides, window_side
+    from anoaug.generators.diffusion.tiny.training import piece_sides, window_side
 
     m = np.zeros((128, 128), np.uint8)
     cv2.line(m, (5, 10), (25, 14), 1, 2)

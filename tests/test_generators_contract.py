@@ -10,7 +10,7 @@ import pytest
 
 from anoaug.generators import FitData, GenerationRequest, get_generator
 from anoaug.generators.base import GeneratorError, artifact_hash, validate_result
-from anoaug.generators.blending import blend, feather_alpha
+from anoaug.generators.compositing import blend, feather_alpha
 from anoaug.generators.perlin import perlin_mask, perlin_noise
 
 GENERATORS = ["crop-paste", "cutpaste", "perlin"]

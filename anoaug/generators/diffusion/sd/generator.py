@@ -273,7 +273,7 @@ class StableDiffusionGenerator(Generator):
         )
         from anoaug.generators.diffusion.sd import conditioning as cond
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
-        from anoaug.generators.diffusion.sd.crops import crop_box, paste_crop, take_crop
+        from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.cfg
         res = int(cfg["resolution"])

@@ -47,7 +47,7 @@ from anoaug.generators.base import (
     checked_params,
     register,
 )
-from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
+from anoaug.generators.compositing import BLEND_MODES, bbox, blend, seed_of
 from anoaug.masks.synthesis import AFFINE_PAD, affine_warp, split_components
 
 DEFAULTS: dict[str, Any] = {

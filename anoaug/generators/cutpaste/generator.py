@@ -29,7 +29,7 @@ from anoaug.generators.base import (
     checked_params,
     register,
 )
-from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
+from anoaug.generators.compositing import BLEND_MODES, bbox, blend, seed_of
 
 DEFAULTS: dict[str, Any] = {"blend": "alpha", "feather": 1.5, "jitter": 0.1, "source": "any"}
 

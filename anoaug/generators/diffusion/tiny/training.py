@@ -297,7 +297,7 @@ def train_tiny(
     If ``checkpoint`` exists, training resumes from it (same model shape and ``cfg.signature()``
     required) and the time budget counts the time already spent.
     """
-    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
     model.train()
     model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)

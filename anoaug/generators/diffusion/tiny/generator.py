@@ -1,7 +1,7 @@
 """``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category on CPU.
 
 Fit: crops around the few generator-training defects (+ normal crops) train a 7-channel UNet2DModel
-conditioned on the defect type (see `models.tiny_unet` and `training`). Generate: a window around
+conditioned on the defect type (see `unet` and `training`). Generate: a window around
 each request's mask at the training crop scale is sampled with the shared blended sampler
 (`blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
 exact outside the dilated mask, and the final mask is what actually changed.
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
 
 TINY_FILE = "tiny.json"
 
@@ -44,7 +44,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "crop": 64,  # training/generation window in px (native scale unless the defect is larger)
     "widths": [16, 32, 64, 128],
     "layers_per_block": 1,
-    "patch": 1,  # pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see models.tiny_unet)
+    "patch": 1,  # pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see tiny.unet)
     # condition on the trimap (object vs background around the mask, from the masks stage's foreground)
     "trimap": True,
     # training
@@ -109,8 +109,8 @@ class TinyDiffusionGenerator(Generator):
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         import torch
 
-        from anoaug.generators.diffusion.models.tiny_unet import build_tiny_unet
-        from anoaug.generators.diffusion.training import (
+        from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
+        from anoaug.generators.diffusion.tiny.training import (
             CHECKPOINT_FILE,
             CropExample,
             CropSampler,
@@ -179,7 +179,7 @@ class TinyDiffusionGenerator(Generator):
         (out_dir / TINY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def _unet_config(self) -> TinyUNetConfig:
-        from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+        from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
 
         return TinyUNetConfig(
             sample_size=int(self.p["crop"]),
@@ -242,9 +242,9 @@ class TinyDiffusionGenerator(Generator):
             dilate_mask,
             make_scheduler,
         )
-        from anoaug.generators.diffusion.models.tiny_unet import denoise as unet_denoise
-        from anoaug.generators.diffusion.models.tiny_unet import model_input
-        from anoaug.generators.diffusion.training import mask_channel
+        from anoaug.generators.diffusion.tiny.unet import denoise as unet_denoise
+        from anoaug.generators.diffusion.tiny.unet import model_input
+        from anoaug.generators.diffusion.tiny.training import mask_channel
 
         p, crop = self.p, int(self.p["crop"])
         windows = [_Window.around(r.mask, crop) for r in reqs]
@@ -364,7 +364,7 @@ def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2
     """Load the tiny UNet from ``path`` with clear errors for a bad path or incompatible weights."""
     from diffusers import UNet2DModel
 
-    from anoaug.generators.diffusion.models.tiny_unet import IN_CHANNELS
+    from anoaug.generators.diffusion.tiny.unet import IN_CHANNELS
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -397,7 +397,7 @@ class _Window:
 
     @classmethod
     def around(cls, mask: np.ndarray, crop: int) -> _Window:
-        from anoaug.generators.diffusion.training import window_side
+        from anoaug.generators.diffusion.tiny.training import window_side
 
         side = window_side(mask, crop)
         ys, xs = np.nonzero(mask)
@@ -408,7 +408,7 @@ class _Window:
         return cls(int(math.floor(cy - side / 2)), int(math.floor(cx - side / 2)), side, crop)
 
     def _cut(self, img: np.ndarray) -> np.ndarray:
-        from anoaug.generators.diffusion.training import crop_window
+        from anoaug.generators.diffusion.tiny.training import crop_window
 
         return crop_window(img, self.y0 + self.side / 2, self.x0 + self.side / 2, self.side)
 

@@ -37,7 +37,7 @@ from anoaug.generators.base import (
     checked_params,
     register,
 )
-from anoaug.generators.blending import seed_of
+from anoaug.generators.compositing import seed_of
 
 DEFAULTS: dict[str, Any] = {
     "mask_mode": "perlin",
