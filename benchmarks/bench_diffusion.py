@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _random_generator(params: dict) -> object:
     """A diffusion-tiny generator with random weights (timing does not depend on the weights)."""
-    from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
     from anoaug.generators.diffusion.tiny.generator import TinyDiffusionGenerator
     from anoaug.generators.diffusion.tiny.training import make_noise_scheduler
+    from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
 
     gen = TinyDiffusionGenerator(params)
     gen.types = ["crack", "scratch"]
@@ -60,8 +60,8 @@ def _synthetic_requests(n: int, types: list[str], size: int = 256) -> list:
 def bench_overhead(args: argparse.Namespace) -> None:
     import torch
 
-    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
     from anoaug.generators.diffusion.tiny.generator import cpu_threads
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
     params = {"inference_steps": args.steps, "scheduler": args.scheduler, "gen_batch": args.batch}
     if args.artifact:

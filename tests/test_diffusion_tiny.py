@@ -11,13 +11,8 @@ import torch
 
 from anoaug.generators import DefectExample, FitData, GenerationRequest, available_generators, get_generator
 from anoaug.generators.base import GeneratorError
-from anoaug.generators.diffusion.blending import (
-    blended_sample,
-    changed_mask,
-    composite,
-    dilate_mask,
-    make_scheduler,
-)
+from anoaug.generators.compositing import changed_mask, composite, dilate_mask
+from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
 
 TINY = {
     "crop": 32,
@@ -246,8 +241,8 @@ def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None
 
 
 def _sampler_and_model(seed: int = 0, patch: int = 1):
-    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
     from anoaug.generators.diffusion.tiny.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
 
     rng = np.random.default_rng(1)
     examples = []
@@ -261,8 +256,8 @@ def _sampler_and_model(seed: int = 0, patch: int = 1):
 
 
 def _eval_loss(model, scheduler, batch) -> float:
-    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
     from anoaug.generators.diffusion.tiny.training import masked_mse
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
     g = torch.Generator().manual_seed(123)
     x0, mch = batch["image"], batch["mask"]
@@ -404,7 +399,7 @@ def test_far_apart_pieces_are_learned_at_native_scale() -> None:
     """Two short scratches 90 px apart: each piece gets a native-scale window, not one shrunken window."""
     import cv2
 
-    from anoaug.generators.diffusion.tiny.training import piece_sides, window_side
+    from anoaug.generators.diffusion.crops import piece_sides, window_side
 
     m = np.zeros((128, 128), np.uint8)
     cv2.line(m, (5, 10), (25, 14), 1, 2)

@@ -265,15 +265,11 @@ class StableDiffusionGenerator(Generator):
     def _generate_chunk(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
-        from anoaug.generators.diffusion.blending import (
-            blended_sample,
-            changed_mask,
-            composite,
-            make_scheduler,
-        )
+        from anoaug.generators.compositing import changed_mask, composite
+        from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
+        from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
-        from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.cfg
         res = int(cfg["resolution"])

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anoaug.generators.base import DefectExample, GeneratorError
+from anoaug.generators.diffusion.crops import crop_box, take_crop
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import lora as lora_mod
 from anoaug.generators.diffusion.sd import spatial as spatial_mod
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.crops import crop_box, take_crop
 from anoaug.generators.diffusion.sd.loading import SDComponents, place
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ torch and diffusers are imported only when a model is fitted, loaded or run, so 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from anoaug.generators.base import (
     bool_or_auto,
     register,
 )
+from anoaug.generators.diffusion.crops import Window
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +109,6 @@ class TinyDiffusionGenerator(Generator):
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         import torch
 
-        from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
         from anoaug.generators.diffusion.tiny.training import (
             CHECKPOINT_FILE,
             CropExample,
@@ -118,6 +117,7 @@ class TinyDiffusionGenerator(Generator):
             make_noise_scheduler,
             train_tiny,
         )
+        from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
 
         p = self.p
         if not data.defects:
@@ -209,7 +209,7 @@ class TinyDiffusionGenerator(Generator):
 
     # ------------------------------------------------------------------ generate
 
-    def _crop_obj(self, w: _Window, r: GenerationRequest) -> np.ndarray | None:
+    def _crop_obj(self, w: Window, r: GenerationRequest) -> np.ndarray | None:
         """The request's trimap object (defect + object) in the window, or None without trimap conditioning."""
         if not self.trimap:
             return None
@@ -235,19 +235,14 @@ class TinyDiffusionGenerator(Generator):
     def _generate_chunk(self, reqs: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
-        from anoaug.generators.diffusion.blending import (
-            blended_sample,
-            changed_mask,
-            composite,
-            dilate_mask,
-            make_scheduler,
-        )
+        from anoaug.generators.compositing import changed_mask, composite, dilate_mask
+        from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
+        from anoaug.generators.diffusion.tiny.training import mask_channel
         from anoaug.generators.diffusion.tiny.unet import denoise as unet_denoise
         from anoaug.generators.diffusion.tiny.unet import model_input
-        from anoaug.generators.diffusion.tiny.training import mask_channel
 
         p, crop = self.p, int(self.p["crop"])
-        windows = [_Window.around(r.mask, crop) for r in reqs]
+        windows = [Window.around(r.mask, crop) for r in reqs]
         known = torch.stack([w.to_crop_tensor(r.normal) for w, r in zip(windows, reqs, strict=True)])
         mch = torch.stack(
             [
@@ -387,63 +382,3 @@ def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2
     if problems:
         raise GeneratorError(f"diffusion-tiny: incompatible UNet: {'; '.join(problems)}", path)
     return unet.eval()
-
-
-class _Window:
-    """A square window around a mask: image px [y0, y0+side) x [x0, x0+side), resized to ``crop``."""
-
-    def __init__(self, y0: int, x0: int, side: int, crop: int) -> None:
-        self.y0, self.x0, self.side, self.crop = y0, x0, side, crop
-
-    @classmethod
-    def around(cls, mask: np.ndarray, crop: int) -> _Window:
-        from anoaug.generators.diffusion.tiny.training import window_side
-
-        side = window_side(mask, crop)
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
-            cy, cx = mask.shape[0] / 2, mask.shape[1] / 2
-        else:
-            cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-        return cls(int(math.floor(cy - side / 2)), int(math.floor(cx - side / 2)), side, crop)
-
-    def _cut(self, img: np.ndarray) -> np.ndarray:
-        from anoaug.generators.diffusion.tiny.training import crop_window
-
-        return crop_window(img, self.y0 + self.side / 2, self.x0 + self.side / 2, self.side)
-
-    def to_crop_tensor(self, image: np.ndarray) -> torch.Tensor:
-        import cv2
-        import torch
-
-        win = self._cut(image)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1).float() / 127.5 - 1
-
-    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
-        import cv2
-
-        win = self._cut(mask.astype(np.uint8)).astype(np.float32)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
-        return win > (0.5 if self.side == self.crop else 0.25)
-
-    def paste(self, normal: np.ndarray, x0: torch.Tensor, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The generated window pasted into a copy of ``normal``, and the edit region in image px."""
-        import cv2
-        import torch
-
-        win = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        reg = region.astype(np.uint8)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.side, self.side), interpolation=cv2.INTER_CUBIC)
-            reg = cv2.resize(reg, (self.side, self.side), interpolation=cv2.INTER_NEAREST)
-        h, w = normal.shape[:2]
-        ya, xa = max(self.y0, 0), max(self.x0, 0)
-        yb, xb = min(self.y0 + self.side, h), min(self.x0 + self.side, w)
-        full = normal.copy()
-        edit = np.zeros((h, w), bool)
-        full[ya:yb, xa:xb] = win[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0]
-        edit[ya:yb, xa:xb] = reg[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0] > 0
-        return full, edit

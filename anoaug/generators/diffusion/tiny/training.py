@@ -10,7 +10,6 @@ cumulative time budget is spent, checkpoints periodically, and resumes from its 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from anoaug.generators.diffusion.blending import dilate_mask
+from anoaug.generators.compositing import dilate_mask
+from anoaug.generators.diffusion.crops import crop_window, piece_sides
 
 log = logging.getLogger("anoaug.diffusion")
 
@@ -33,41 +33,6 @@ CHECKPOINT_FILE = ".train_state.pt"  # leading dot: not part of the artifact has
 
 
 # ----------------------------------------------------------------------------- windows and mask channel
-
-
-def window_side(mask: np.ndarray, crop: int, fill: float = 0.75) -> int:
-    """Side of the square window (in image px) that shows ``mask`` at training scale.
-
-    Native resolution (side = crop) unless the mask's bounding box would fill more than ``fill`` of the
-    crop; then the window grows so the whole defect fits (and is resized down to ``crop``).
-    """
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return crop
-    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-    return max(crop, int(math.ceil(extent / fill)))
-
-
-def piece_sides(mask: np.ndarray, crop: int, pixels: np.ndarray) -> np.ndarray:
-    """`window_side` of the piece each of ``pixels`` belongs to. Pieces = connected components of the
-    mask, joined when closer than a quarter crop: a defect made of far-apart pieces (two scratches) is
-    learned piece by piece at native scale, not shrunk until all of it fits one window."""
-    from anoaug.masks.synthesis import split_components
-
-    sides = np.full(len(pixels), crop, np.int64)
-    for piece in split_components(mask.astype(bool), max(1, crop // 4), min_area=1):
-        sides[piece[pixels[:, 0], pixels[:, 1]]] = window_side(piece, crop)
-    return sides
-
-
-def crop_window(img: np.ndarray, cy: float, cx: float, side: int) -> np.ndarray:
-    """A ``side`` x ``side`` window centred at (cy, cx), reflect-padded where it leaves the image."""
-    y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
-    h, w = img.shape[:2]
-    pad = max(0, -y0, -x0, y0 + side - h, x0 + side - w)
-    if pad:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    return img[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
 
 
 # Mask-channel levels: generated = defect and band; known context = object or background (the trimap).
