@@ -2,7 +2,8 @@
 
 ``diffusion-sd`` (`Box`, `crop_box`, `take_crop`, `paste_crop`): the crop side is ``context`` times the
 mask's bounding box, but never smaller than the model resolution (a small scratch on a 1024 px image is
-modelled at native pixel scale, not blown up) and never larger than the image's short side. Training jitters the crop position; generation centres it.
+modelled at native pixel scale, not blown up) and never larger than the image's short side.
+Training jitters the crop position; generation centres it.
 
 ``diffusion-tiny`` (`window_side`, `piece_sides`, `crop_window`, `Window`): the window shows the mask at
 native pixel scale unless the defect would not fit the model's crop; windows leaving the image are

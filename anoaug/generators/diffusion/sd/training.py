@@ -52,17 +52,6 @@ class TrainSettings:
     init_word: str = "defect"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GeneratorError(f"device '{name}' requested but CUDA is not available")
-    return dev
-
-
 def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype of frozen weights: bf16/fp16 on CUDA under 'auto', fp32 on CPU."""
     import torch

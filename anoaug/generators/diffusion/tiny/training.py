@@ -253,6 +253,7 @@ def train_tiny(
     progress: Callable[[TrainProgress], None] | None = _log_progress,
     progress_every: int = 50,
     progress_every_s: float = 30.0,
+    device: torch.device | str = "cpu",
 ) -> tuple[UNet2DModel, TrainResult]:
     """Train ``model`` in place; returns the EMA weights copied into ``model`` and a summary.
 
@@ -261,11 +262,15 @@ def train_tiny(
 
     If ``checkpoint`` exists, training resumes from it (same model shape and ``cfg.signature()``
     required) and the time budget counts the time already spent.
+
+    Training runs on ``device``; random draws (noise, timesteps, crops) come from CPU generators, so a run
+    draws the same numbers on every device. The returned model is on ``device``.
     """
     from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
+    device = torch.device(device)
     model.train()
-    model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)
+    model.to(device, memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4, fused=True)
     sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
@@ -286,6 +291,7 @@ def train_tiny(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["lr_scheduler"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         gen.set_state(state["torch_rng"])
         sampler.rng.bit_generator.state = state["np_rng"]
         step, spent, losses = state["step"], state["elapsed_s"], list(state["losses"])
@@ -322,10 +328,12 @@ def train_tiny(
         x0, mch = b["image"], b["mask"]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        if device.type != "cpu":
+            x0, mch, noise, t = (v.to(device) for v in (x0, mch, noise, t))
         noisy = noise_scheduler.add_noise(x0, noise, t)
         inp = model_input(noisy, x0, mch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = denoise(model, inp, t, b["label"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            pred = denoise(model, inp, t, b["label"].to(device))
         target = noise_scheduler.get_velocity(x0, noise, t)
         weight = torch.where(mch >= BAND, torch.ones_like(mch), torch.full_like(mch, cfg.ctx_weight))
         loss = masked_mse(pred, target, weight)
