@@ -20,7 +20,7 @@ TINY = {
     "batch": 4,
     "train_steps": 6,
     "time_budget_s": None,
-    "inference_steps": 4,
+    "num_inference_steps": 4,
     "max_normals": 4,
     "checkpoint_every_s": 3600,
     "threads": 1,
@@ -145,7 +145,7 @@ def test_registered() -> None:
 
 
 def test_unknown_param_is_an_error() -> None:
-    with pytest.raises(GeneratorError, match="unknown diffusion-tiny params"):
+    with pytest.raises(GeneratorError, match="generator diffusion-tiny: unknown key 'steps_typo'"):
         get_generator("diffusion-tiny")({"steps_typo": 3})
 
 
@@ -165,10 +165,25 @@ def test_outside_mask_is_exactly_the_normal_image(fitted) -> None:
 def test_bf16_setting_resolves_and_is_checked() -> None:
     from anoaug.generators.diffusion.tiny.generator import resolve_bf16
 
-    assert resolve_bf16(True) is True and resolve_bf16("false") is False
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
     assert resolve_bf16("auto") in (True, False)
-    with pytest.raises(GeneratorError, match="bf16 must be"):
-        resolve_bf16("maybe")
+    assert resolve_bf16("auto", torch.device("mps")) is False
+    assert get_generator("diffusion-tiny")({"bf16": "false"}).settings.bf16 is False
+    with pytest.raises(GeneratorError, match="bf16"):
+        get_generator("diffusion-tiny")({"bf16": "maybe"})
+
+
+def test_device_setting_is_resolved_with_anoaug_device(fitted, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anoaug.errors import AnoaugError
+
+    gen, _ = fitted
+    assert gen.train_summary["device"] == gen.device.type  # trained where the setting (auto) resolved
+
+    assert get_generator("diffusion-tiny")({"device": "cpu"}).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_generator("diffusion-tiny")().device == torch.device("cpu")  # auto without CUDA
+    with pytest.raises(AnoaugError, match="CUDA is not available"):
+        _ = get_generator("diffusion-tiny")({"device": "cuda"}).device
 
 
 def test_deterministic_per_seed(fitted) -> None:
