@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from anoaug.errors import SpecError
-from anoaug.generators import FitData, GenerationRequest, available_generators, get_generator
+from anoaug.generators import (
+    FitData,
+    GenerationRequest,
+    available_generators,
+    check_generator_params,
+    get_generator,
+)
 from anoaug.generators.base import ARTIFACT_FILE, GeneratorError, GeneratorSettings, artifact_hash, validate_result
 from anoaug.generators.compositing import blend, feather_alpha
 from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES
@@ -243,6 +249,12 @@ def test_unknown_setting_is_an_error_naming_it(name: str, tiny_params: dict[str,
         cls.check_params({**tiny_params[name], "no_such_setting": 1}, source="specs/run.yaml")
     assert str(spec_exc.value).startswith("specs/run.yaml: ")
     assert isinstance(cls.check_params(tiny_params[name]), cls.Settings)
+    assert check_generator_params(name, tiny_params[name]) == cls(tiny_params[name]).settings
+
+
+def test_check_generator_params_names_an_unknown_generator_and_the_file() -> None:
+    with pytest.raises(SpecError, match="^spec.yaml: unknown generator 'no-such'; available: crop-paste"):
+        check_generator_params("no-such", {}, "spec.yaml")
 
 
 @pytest.mark.parametrize("name", GENERATORS)

@@ -275,6 +275,16 @@ def get_generator(name: str) -> type[Generator]:
     return _REGISTRY.get(name)
 
 
+def check_generator_params(
+    name: str, params: dict[str, Any] | None, source: str | Path | None = None
+) -> GeneratorSettings:
+    """The typed settings of generator ``name`` for ``params``, without building it (as right after loading a
+    spec): an unknown generator, setting key or bad value is a ``SpecError`` naming it and the file ``source``."""
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown generator '{name}'; available: {', '.join(_REGISTRY.names())}", source)
+    return _REGISTRY.get(name).check_params(params, source)
+
+
 def available_generators() -> list[str]:
     """Every registered generator name, sorted (built-ins, then entry-point plugins)."""
     return _REGISTRY.names()
