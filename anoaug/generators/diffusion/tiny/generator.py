@@ -1,10 +1,11 @@
-"""``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category on CPU.
+"""``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category (sized for a CPU;
+the ``device`` setting picks where training and sampling run, ``auto`` = CUDA when available).
 
 Fit: crops around the few generator-training defects (+ normal crops) train a 7-channel UNet2DModel
-conditioned on the defect type (see `unet` and `training`). Generate: a window around
-each request's mask at the training crop scale is sampled with the shared blended sampler
-(`blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
-exact outside the dilated mask, and the final mask is what actually changed.
+conditioned on the defect type (see `unet` and `training`). Generate: a window around each request's
+mask at the training crop scale (`diffusion.crops.Window`) is sampled with the shared blended sampler
+(`diffusion.blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
+exact outside the dilated mask, and the final mask is what actually changed (`generators.compositing`).
 
 torch and diffusers are imported only when a model is fitted, loaded or run, so registering is cheap.
 """
@@ -43,7 +44,7 @@ TINY_FILE = "tiny.json"
 
 @register
 class TinyDiffusionGenerator(Generator):
-    """Pixel-space tiny UNet, trained per category on CPU, sampled with blended diffusion."""
+    """Pixel-space tiny UNet, trained per category, sampled with blended diffusion."""
 
     name = "diffusion-tiny"
     learned = True
