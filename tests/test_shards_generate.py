@@ -262,7 +262,7 @@ def test_cli_generate_params(demo_root: Path, tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["generator_params"] == {"blend": "none", "feather": 0}
     res = CliRunner().invoke(app, [*base, "--param", "blend=nope", "--overwrite"])
-    assert res.exit_code == 2 and "blend must be one of" in res.output
+    assert res.exit_code == 2 and "generator cutpaste: blend: Input should be 'alpha'" in res.output
     res = CliRunner().invoke(app, [*base, "--param", "nosuchkey=1", "--overwrite"])
     assert res.exit_code == 2 and "nosuchkey" in res.output
     res = CliRunner().invoke(app, [*base, "--param", "a.b=1"])
