@@ -252,7 +252,7 @@ class PipelineSpec(Section):
         one's name, and (with ``arms``; a pipeline run generates every arm) every arm names a generator or
         a variant. The registry is passed in: generators import this module."""
         for name, variant in self.variants.items():
-            where = self._holder(("variants", name))
+            where = self.holder(("variants", name))
             if name in generators:
                 raise SpecError(f"variant '{name}' has the name of a registered generator; rename it", where)
             if variant.generator not in generators:
@@ -264,10 +264,10 @@ class PipelineSpec(Section):
                 known = ", ".join(sorted([*generators, *self.variants])) or "none"
                 raise SpecError(
                     f"evaluation arm '{arm}': unknown generator or variant '{name}'; available: {known}",
-                    self._holder(("evaluation", "arms")),
+                    self.holder(("evaluation", "arms")),
                 )
 
-    def _holder(self, loc: tuple[str, ...]) -> str | None:
+    def holder(self, loc: tuple[str, ...]) -> str | None:
         """The last spec file that sets ``loc`` (else all of them, as recorded in ``source``)."""
         files = [Path(f) for f in (self.source or "").split(" + ") if f.endswith((".yaml", ".yml"))]
         holders = [f for f in files if f.is_file() and _has_path(_read_yaml(f), loc)]

@@ -106,10 +106,14 @@ def prepare_spec(
 def check_producers(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
     """``spec`` after ``PipelineSpec.check_producers`` against the installed generators (variant names and
     generators; with ``arms`` also the arms, which a run generates, while `anoaug evaluate` may take shards
-    made elsewhere). Here, not in anoaug.spec: the generator registry imports the spec module."""
-    from anoaug.generators import available_generators
+    made elsewhere), and the params of the spec's generator and of every variant against their typed settings.
+    Here, not in anoaug.spec: the generator registry imports the spec module."""
+    from anoaug.generators import available_generators, check_generator_params
 
     spec.check_producers(available_generators(), arms=arms)
+    for name, variant in spec.variants.items():
+        check_generator_params(variant.generator, variant.params, spec.holder(("variants", name)))
+    check_generator_params(spec.generator.name, spec.generator.params, spec.holder(("generator",)))
     return spec
 
 
