@@ -25,6 +25,7 @@ from anoaug.data.io import load_image, load_mask
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
 from anoaug.errors import AnoaugError, SpecError
+from anoaug.hashing import update_from_file
 from anoaug.registry import Registry, Settings, validate_settings
 
 ARTIFACT_FILE = "artifact.json"
@@ -249,9 +250,7 @@ def artifact_hash(artifact_dir: str | Path) -> str:
     for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(b"\0")
-        with open(p, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        update_from_file(h, p)
     return h.hexdigest()[:16]
 
 

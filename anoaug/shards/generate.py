@@ -41,6 +41,8 @@ from anoaug.generators.base import (
     get_generator,
     validate_result,
 )
+from anoaug.hashing import sha256_file
+from anoaug.jsonable import to_jsonable
 from anoaug.shards.format import (
     ARTIFACT_DIR,
     FORMAT_VERSION,
@@ -59,7 +61,7 @@ from anoaug.shards.format import (
     shard_pattern,
     shard_ranges,
 )
-from anoaug.shards.manifest import GenerationManifest, sha256_file
+from anoaug.shards.manifest import GenerationManifest
 from anoaug.shards.writer import EncodedSample, encode_sample, tmp_path, write_shard
 from anoaug.spec import PipelineSpec
 
@@ -305,7 +307,7 @@ class _Context:
                     "sample_seed": gen_seed,
                     "generator_info": res.info,
                 }
-                out.append(encode_sample(key, g, res.image, res.mask, _jsonable(lineage)))
+                out.append(encode_sample(key, g, res.image, res.mask, to_jsonable(lineage)))
         return out
 
 
@@ -323,21 +325,6 @@ def _mask_params(sm: Any, synthesizer: Any) -> dict[str, Any] | None:
     if spec is not None and hasattr(spec, "component_gap") and "split" not in out:
         out["split"] = {"gap": int(spec.component_gap), "min_area": int(spec.min_component_area)}
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays converted) so lineage survives json.dumps."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 _WORKER: _Context | None = None

@@ -47,6 +47,7 @@ from anoaug.generators.base import (
 )
 from anoaug.generators.compositing import BlendMode, bbox, blend, seed_of
 from anoaug.masks.synthesis import AFFINE_PAD, affine_warp, split_components
+from anoaug.png import write_png
 
 CROPS_INDEX = "crops.json"
 SOURCES_INDEX = "sources.json"
@@ -137,8 +138,8 @@ class CropPasteGenerator(Generator):
                 box += [min(W, bx + bw + AFFINE_PAD), min(H, by + bh + AFFINE_PAD)]
                 name = f"{d_i:04d}"
                 patch = ex.image[box[1] : box[3], box[0] : box[2]]
-                _write_png(src_dir / f"{name}.png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
-                _write_png(src_dir / f"{name}_mask.png", ex.mask.astype(np.uint8) * 255)
+                write_png(src_dir / f"{name}.png", patch)
+                write_png(src_dir / f"{name}_mask.png", ex.mask)
                 sources.append({"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": box})
             n, labels, stats, _ = cv2.connectedComponentsWithStats(ex.mask.astype(np.uint8), connectivity=8)
             comps = [c for c in range(1, n) if stats[c, cv2.CC_STAT_AREA] >= min_px]
@@ -151,8 +152,8 @@ class CropPasteGenerator(Generator):
                 name = f"{d_i:04d}_{c:03d}"
                 crop = ex.image[y0:y1, x0:x1]
                 cmask = (labels[y0:y1, x0:x1] == c).astype(np.uint8) * 255
-                _write_png(crop_dir / f"{name}.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-                _write_png(crop_dir / f"{name}_mask.png", cmask)
+                write_png(crop_dir / f"{name}.png", crop)
+                write_png(crop_dir / f"{name}_mask.png", cmask)
                 index.append(
                     {"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": [x0, y0, x1, y1]}
                 )
@@ -356,10 +357,3 @@ def _place(
     src[y0:y1, x0:x1] = c_img[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     region[y0:y1, x0:x1] = c_mask[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     return src, region
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover
-        raise GeneratorError("cannot encode PNG", path)
-    path.write_bytes(buf.tobytes())

@@ -38,6 +38,7 @@ from anoaug.generators.base import (
     register,
 )
 from anoaug.generators.compositing import seed_of
+from anoaug.png import write_png
 
 TEXTURES_INDEX = "textures.json"
 
@@ -165,10 +166,7 @@ class PerlinGenerator(Generator):
             if f < 1:
                 img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
             name = f"{i:03d}.png"
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            if not ok:  # pragma: no cover
-                raise GeneratorError("cannot encode texture", p)
-            (tex_dir / name).write_bytes(buf.tobytes())
+            write_png(tex_dir / name, img)
             index.append({"file": name, "source": "/".join(p.parts[-3:])})
         (out_dir / TEXTURES_INDEX).write_text(json.dumps({"origin": origin, "textures": index}, indent=1))
 
