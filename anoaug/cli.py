@@ -46,9 +46,10 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
     when it exists (checked against the data), else a fresh split in memory."""
     from anoaug.data.formats import read_category
     from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
+    from anoaug.pipeline.config import check_producers
     from anoaug.spec import resolve_spec
 
-    spec = resolve_spec(spec_or_root, category)
+    spec = check_producers(resolve_spec(spec_or_root, category), arms=False)
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
     default = default_split_path(data.dataset, data.category, spec.seed)
     if split is not None:
@@ -116,9 +117,10 @@ def spec_show(
 
     import yaml
 
+    from anoaug.pipeline.config import check_producers
     from anoaug.spec import load_spec
 
-    s = load_spec(spec)
+    s = check_producers(load_spec(spec), arms=False)
     data = s.model_dump(mode="json")
     if as_json:
         print(json.dumps(data, indent=2))
@@ -235,7 +237,8 @@ def generate_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards (never inside the dataset).")],
     category: Annotated[str | None, typer.Option("--category", "-c", help="Category (needed with a root).")] = None,
     generator: Annotated[
-        str | None, typer.Option("--generator", "-g", help="crop-paste, cutpaste, perlin, ... (default: spec's).")
+        str | None,
+        typer.Option("--generator", "-g", help="crop-paste, cutpaste, perlin, ... or a variant (default: spec's)."),
     ] = None,
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Samples per defect type.")] = None,
     seed: Annotated[int | None, typer.Option(help="Generation seed (default: the spec's).")] = None,
@@ -263,7 +266,7 @@ def generate_cmd(
     spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     name = generator or spec.generator.name
     if params:
-        spec = _with_generator_params(spec, name, params)
+        spec = _with_producer_params(spec, name, params)
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(f"{data.category} / {name}", total=None)
@@ -284,15 +287,17 @@ def generate_cmd(
         soft_wrap=True,
     )
     console.print(
-        f"generator {escape(summary.generator)}, artifact {summary.artifact_hash} "
+        f"{escape(name if name == summary.generator else f'variant {name} of ' + summary.generator)}, "
+        f"artifact {summary.artifact_hash} "
         f"({escape(str(summary.artifact_dir))}); manifests in {escape(str(summary.out_dir))}",
         highlight=False,
         soft_wrap=True,
     )
 
 
-def _with_generator_params(spec: Any, name: str, items: list[str]) -> Any:
-    """The spec with generator ``name`` and its params updated from ``--param KEY=VALUE`` items."""
+def _with_producer_params(spec: Any, name: str, items: list[str]) -> Any:
+    """The spec with producer ``name``'s params updated from ``--param KEY=VALUE`` items: a variant's own
+    params, else generator.params (the spec's generator becomes ``name``, over its params per spec.producer)."""
     from anoaug.errors import SpecError
     from anoaug.pipeline.config import parse_sets
 
@@ -300,8 +305,12 @@ def _with_generator_params(spec: Any, name: str, items: list[str]) -> Any:
     if dotted:
         raise SpecError(f"--param takes generator settings KEY=VALUE, not dotted keys: {', '.join(dotted)}")
     given = parse_sets(items)
-    base = dict(spec.generator.params) if name == spec.generator.name else {}
-    section = spec.generator.model_copy(update={"name": name, "params": {**base, **given}})
+    _, base = spec.producer(name)
+    if name in spec.variants:
+        variant = spec.variants[name].model_copy(update={"params": {**base, **given}})
+        return spec.model_copy(update={"variants": {**spec.variants, name: variant}})
+    artifact = spec.generator.artifact if name == spec.generator.name else None
+    section = spec.generator.model_copy(update={"name": name, "params": {**base, **given}, "artifact": artifact})
     return spec.model_copy(update={"generator": section})
 
 

@@ -7,6 +7,7 @@ errors (a typo must never be silently ignored), reported with the key path and t
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from anoaug.errors import SpecError
 
 PIPELINES_ENV = "ANOAUG_PIPELINES"
+NONE_ARM = "none"  # the same arm names as anoaug.evaluation.protocol (not imported: no training stack here)
+REAL_ARM = "real-few"
+REAL_SUFFIX = "+real"
 DATA_ROOT_ENV = "ANOAUG_DATA_ROOT"
 REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -102,6 +106,13 @@ class GeneratorSection(Section):
     artifact: str | None = Field(
         default=None, description="Reuse this fitted artifact directory instead of fitting into <out>/artifact."
     )
+
+
+class VariantSection(Section):
+    """A named producer for ablations: a registered generator with its own params."""
+
+    generator: str = Field(description="Registered generator this variant runs.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its settings (over the generator's defaults).")
 
 
 class GenerationSection(Section):
@@ -200,6 +211,10 @@ class PipelineSpec(Section):
     split: SplitSection = Field(default_factory=SplitSection)
     masks: MasksSection = Field(default_factory=MasksSection)
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    variants: dict[str, VariantSection] = Field(
+        default_factory=dict,
+        description="Named producers for ablations: <name>: {generator, params}; an arm names one like a generator.",
+    )
     generation: GenerationSection = Field(default_factory=GenerationSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
@@ -210,6 +225,65 @@ class PipelineSpec(Section):
         if not self.dataset.category:
             raise ValueError("dataset.category must be set")
         return self
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, VariantSection]) -> dict[str, VariantSection]:
+        for name in v:
+            reserved = name in (NONE_ARM, REAL_ARM) or name.endswith(REAL_SUFFIX)
+            if reserved or not name or any(c in name for c in "./ "):
+                raise ValueError(
+                    f"variant name {name!r} is not allowed (not 'none', 'real-few', '<name>+real', empty, "
+                    "or with '.', '/' or spaces)"
+                )
+        return v
+
+    # --- producers: who generates an arm's shards ---------------------------------------------------
+
+    def producer(self, name: str) -> tuple[str, dict[str, Any]]:
+        """(generator, params) that producer ``name`` runs: a variant's generator and params; the spec's
+        generator with generator.params; any other registered generator with its defaults."""
+        if name in self.variants:
+            variant = self.variants[name]
+            return variant.generator, dict(variant.params)
+        if name == self.generator.name:
+            return name, dict(self.generator.params)
+        return name, {}
+
+    def producers(self) -> list[str]:
+        """Producers to fit and sample: generator.name, then every generator or variant an arm names."""
+        names = [self.generator.name]
+        for arm in self.evaluation.arms:
+            name = arm_producer(arm)
+            if name is not None and name not in names:
+                names.append(name)
+        return names
+
+    def check_producers(self, generators: Collection[str], arms: bool = True) -> None:
+        """SpecError unless every variant runs one of ``generators`` (the registered names) without taking
+        one's name, and (with ``arms``; a pipeline run generates every arm) every arm names a generator or
+        a variant. The registry is passed in: generators import this module."""
+        for name, variant in self.variants.items():
+            where = self.holder(("variants", name))
+            if name in generators:
+                raise SpecError(f"variant '{name}' has the name of a registered generator; rename it", where)
+            if variant.generator not in generators:
+                known = ", ".join(sorted(generators)) or "none"
+                raise SpecError(f"variant '{name}': unknown generator '{variant.generator}'; available: {known}", where)
+        for arm in self.evaluation.arms if arms else []:
+            name = arm_producer(arm)
+            if name is not None and name not in self.variants and name not in generators:
+                known = ", ".join(sorted([*generators, *self.variants])) or "none"
+                raise SpecError(
+                    f"evaluation arm '{arm}': unknown generator or variant '{name}'; available: {known}",
+                    self.holder(("evaluation", "arms")),
+                )
+
+    def holder(self, loc: tuple[str, ...]) -> str | None:
+        """The last spec file that sets ``loc`` (else all of them, as recorded in ``source``)."""
+        files = [Path(f) for f in (self.source or "").split(" + ") if f.endswith((".yaml", ".yml"))]
+        holders = [f for f in files if f.is_file() and _has_path(_read_yaml(f), loc)]
+        return str(holders[-1]) if holders else self.source
 
     def resolve_root(self, override: str | Path | None = None) -> Path:
         """The dataset root: --data-root, else the env var in dataset.root_env, else dataset.root."""
@@ -227,6 +301,14 @@ class PipelineSpec(Section):
             f"no dataset root for {self.dataset.name}/{self.dataset.category}: pass --data-root, "
             f"set ${self.dataset.root_env}, or set dataset.root in {self.source}"
         )
+
+
+def arm_producer(arm: str) -> str | None:
+    """The producer (generator or variant) whose shards an evaluation arm trains on: none for 'none' and
+    'real-few', X for 'X' and 'X+real' (the rule of anoaug.evaluation.protocol.parse_arm)."""
+    if arm in (NONE_ARM, REAL_ARM):
+        return None
+    return arm[: -len(REAL_SUFFIX)] if arm.endswith(REAL_SUFFIX) else arm
 
 
 def pipelines_dir() -> Path:
@@ -344,7 +426,7 @@ def resolve_spec(spec_or_root: str | Path, category: str | None = None) -> Pipel
     if p.is_dir():
         if not category:
             raise SpecError("a dataset root needs --category", p)
-        return spec_for_root(p, category, dataset="auto")
+        return spec_for_root(p, category, dataset=p.resolve().name)  # records and reports name the folder
     spec = load_spec(spec_or_root)
     if category and category != spec.dataset.category:
         raise SpecError(f"--category {category} does not match the spec's category {spec.dataset.category}")

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _random_generator(params: dict) -> object:
     """A diffusion-tiny generator with random weights (timing does not depend on the weights)."""
-    from anoaug.generators.diffusion.models.tiny_unet import build_tiny_unet
-    from anoaug.generators.diffusion.tiny import TinyDiffusionGenerator
-    from anoaug.generators.diffusion.training import make_noise_scheduler
+    from anoaug.generators.diffusion.tiny.generator import TinyDiffusionGenerator
+    from anoaug.generators.diffusion.tiny.training import make_noise_scheduler
+    from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
 
     gen = TinyDiffusionGenerator(params)
     gen.types = ["crack", "scratch"]
@@ -60,19 +60,20 @@ def _synthetic_requests(n: int, types: list[str], size: int = 256) -> list:
 def bench_overhead(args: argparse.Namespace) -> None:
     import torch
 
-    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
-    from anoaug.generators.diffusion.tiny import cpu_threads
+    from anoaug.generators.diffusion.tiny.generator import cpu_threads
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
-    params = {"inference_steps": args.steps, "scheduler": args.scheduler, "gen_batch": args.batch}
+    params = {"num_inference_steps": args.steps, "scheduler": args.scheduler, "generation_batch_size": args.batch}
     if args.artifact:
         from anoaug.generators import get_generator
 
         gen = get_generator("diffusion-tiny").load(args.artifact)
-        gen.p.update(params)
+        for key, value in params.items():
+            setattr(gen.settings, key, value)
     else:
         gen = _random_generator(params)
     reqs = _synthetic_requests(args.batch, gen.types)
-    crop = int(gen.p["crop"])
+    crop = gen.settings.crop
     x = torch.randn(args.batch, 3, crop, crop)
     mch = torch.zeros(args.batch, 1, crop, crop)
     mch[:, :, crop // 3 : crop // 2] = 1
@@ -85,7 +86,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
             denoise(gen.unet, inp, t, labels)
 
     gen.generate(reqs)  # warm-up
-    with cpu_threads(gen.p["gen_threads"]):  # the same threads as generate()
+    with cpu_threads(gen.settings.gen_threads):  # the same threads as generate()
         forward()
         t0 = time.perf_counter()
         for _ in range(args.repeat * args.steps):
@@ -127,7 +128,7 @@ def bench_steps(args: argparse.Namespace) -> None:
     ]
     results = {}
     for steps in (10, 25, 50, 100):
-        gen.p["inference_steps"] = steps
+        gen.settings.num_inference_steps = steps
         results[steps] = gen.generate(reqs)
     for steps, res in results.items():
         pairs = list(zip(reqs, res, results[100], strict=True))

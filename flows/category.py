@@ -1,4 +1,4 @@
-"""The category flow: split -> masks -> generate (one task per generator) -> evaluate -> report.
+"""The category flow: split -> masks -> generate (one task per generator or variant) -> evaluate -> report.
 
 Every task is a few lines over an ``anoaug.pipeline.stages`` function. Cache keys are the stages'
 fingerprints (spec section + input content hashes, never a run id), results are persisted under
@@ -18,7 +18,7 @@ from prefect.context import TaskRunContext
 
 from anoaug.errors import AnoaugError
 from anoaug.pipeline import stages
-from anoaug.pipeline.config import prepare_spec
+from anoaug.pipeline.config import check_producers, prepare_spec
 from anoaug.pipeline.fingerprint import fingerprint
 from anoaug.pipeline.run_manifest import build_run_manifest, write_run_manifest
 from anoaug.pipeline.stages import StageError, StageResult
@@ -102,7 +102,7 @@ def generate_task(
     generator: str,
     force: bool = False,
 ) -> StageResult:
-    """Fit one generator and write its shards (resumable: a retry continues the shards)."""
+    """Fit one producer (a generator or a variant) and write its shards (resumable: a retry continues them)."""
     return stages.stage_generate(spec, root, run_dir, split, masks, generator, force=force)
 
 
@@ -173,7 +173,7 @@ def resolve_spec_param(
         data = {k: v for k, v in spec.items() if k != "source"}
         s = PipelineSpec.model_validate(data)
         s.source = spec.get("source")
-        return s
+        return check_producers(s)
     return prepare_spec(spec, profile=profile, seed=seed, generator=generator, sets=sets)
 
 
@@ -198,7 +198,7 @@ def run_category_stages(
         )  # fmt: skip
         results.append(masks)
     generated: dict[str, StageResult] = {}
-    for name in stages.generators_for(spec):
+    for name in spec.producers():
         fp = stages.generate_fingerprint(spec, split, masks, name)
         generated[name] = _call(
             generate_task, storage, d(run_dir, "generate", name), fp, force,

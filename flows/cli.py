@@ -29,7 +29,9 @@ def run_cmd(
         "runs"
     ),
     seed: Annotated[int | None, typer.Option(help="Seed (split, generation, training).")] = None,
-    generator: Annotated[str | None, typer.Option(help="Generator to fit and evaluate (added as an arm).")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="Generator or spec variant to fit and evaluate (added as an arm).")
+    ] = None,
     profile: Annotated[str | None, typer.Option(help="cpu-tiny (small, CPU) or gpu (the spec's full scale).")] = None,
     sets: Annotated[
         list[str] | None, typer.Option("--set", help="Override a spec key: --set evaluation.epochs=2 (repeatable).")

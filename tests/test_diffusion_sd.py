@@ -133,7 +133,7 @@ def test_bad_model_path_and_uncached_hub_id_give_clear_errors(tmp_path: Path, mo
         load_components(tmp_path)  # an existing folder that is not a model
     with pytest.raises(GeneratorError, match="needs param 'model'"):
         get_generator("diffusion-sd")({})
-    with pytest.raises(GeneratorError, match="unknown diffusion-sd params: lora_rnak"):
+    with pytest.raises(GeneratorError, match="generator diffusion-sd: unknown key 'lora_rnak'"):
         get_generator("diffusion-sd")({"model": "x", "lora_rnak": 4})
 
 

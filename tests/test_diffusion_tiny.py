@@ -11,13 +11,8 @@ import torch
 
 from anoaug.generators import DefectExample, FitData, GenerationRequest, available_generators, get_generator
 from anoaug.generators.base import GeneratorError
-from anoaug.generators.diffusion.blending import (
-    blended_sample,
-    changed_mask,
-    composite,
-    dilate_mask,
-    make_scheduler,
-)
+from anoaug.generators.compositing import changed_mask, composite, dilate_mask
+from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
 
 TINY = {
     "crop": 32,
@@ -25,7 +20,7 @@ TINY = {
     "batch": 4,
     "train_steps": 6,
     "time_budget_s": None,
-    "inference_steps": 4,
+    "num_inference_steps": 4,
     "max_normals": 4,
     "checkpoint_every_s": 3600,
     "threads": 1,
@@ -150,7 +145,7 @@ def test_registered() -> None:
 
 
 def test_unknown_param_is_an_error() -> None:
-    with pytest.raises(GeneratorError, match="unknown diffusion-tiny params"):
+    with pytest.raises(GeneratorError, match="generator diffusion-tiny: unknown key 'steps_typo'"):
         get_generator("diffusion-tiny")({"steps_typo": 3})
 
 
@@ -168,12 +163,27 @@ def test_outside_mask_is_exactly_the_normal_image(fitted) -> None:
 
 
 def test_bf16_setting_resolves_and_is_checked() -> None:
-    from anoaug.generators.diffusion.tiny import resolve_bf16
+    from anoaug.generators.diffusion.tiny.generator import resolve_bf16
 
-    assert resolve_bf16(True) is True and resolve_bf16("false") is False
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
     assert resolve_bf16("auto") in (True, False)
-    with pytest.raises(GeneratorError, match="bf16 must be"):
-        resolve_bf16("maybe")
+    assert resolve_bf16("auto", torch.device("mps")) is False
+    assert get_generator("diffusion-tiny")({"bf16": "false"}).settings.bf16 is False
+    with pytest.raises(GeneratorError, match="bf16"):
+        get_generator("diffusion-tiny")({"bf16": "maybe"})
+
+
+def test_device_setting_is_resolved_with_anoaug_device(fitted, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anoaug.errors import AnoaugError
+
+    gen, _ = fitted
+    assert gen.train_summary["device"] == gen.device.type  # trained where the setting (auto) resolved
+
+    assert get_generator("diffusion-tiny")({"device": "cpu"}).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_generator("diffusion-tiny")().device == torch.device("cpu")  # auto without CUDA
+    with pytest.raises(AnoaugError, match="CUDA is not available"):
+        _ = get_generator("diffusion-tiny")({"device": "cuda"}).device
 
 
 def test_deterministic_per_seed(fitted) -> None:
@@ -214,7 +224,7 @@ def test_patched_model_fits_generates_and_reloads(tmp_path: Path) -> None:
 def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None:
     import shutil
 
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig, build_tiny_unet
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
 
     _, out = fitted
     cls = get_generator("diffusion-tiny")
@@ -246,8 +256,8 @@ def test_bad_model_path_and_incompatible_weights(fitted, tmp_path: Path) -> None
 
 
 def _sampler_and_model(seed: int = 0, patch: int = 1):
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig, build_tiny_unet
-    from anoaug.generators.diffusion.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig, build_tiny_unet
 
     rng = np.random.default_rng(1)
     examples = []
@@ -261,8 +271,8 @@ def _sampler_and_model(seed: int = 0, patch: int = 1):
 
 
 def _eval_loss(model, scheduler, batch) -> float:
-    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
-    from anoaug.generators.diffusion.training import masked_mse
+    from anoaug.generators.diffusion.tiny.training import masked_mse
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
 
     g = torch.Generator().manual_seed(123)
     x0, mch = batch["image"], batch["mask"]
@@ -276,7 +286,7 @@ def _eval_loss(model, scheduler, batch) -> float:
 
 @pytest.mark.parametrize("patch", [1, 2])
 def test_training_loss_decreases(patch: int) -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sampler, model = _sampler_and_model(patch=patch)
     sched = make_noise_scheduler()
@@ -290,7 +300,7 @@ def test_training_loss_decreases(patch: int) -> None:
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sched = make_noise_scheduler()
     cfg = TrainConfig(train_steps=6, time_budget_s=None, batch=2, warmup_steps=2)
@@ -315,7 +325,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> 
 
 
 def test_time_budget_stops_training() -> None:
-    from anoaug.generators.diffusion.training import TrainConfig, make_noise_scheduler, train_tiny
+    from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sampler, model = _sampler_and_model()
     cfg = TrainConfig(train_steps=10_000, time_budget_s=0.0, batch=2)
@@ -329,7 +339,7 @@ def test_busy_cores_sees_other_processes_not_this_one() -> None:
     import sys
     import time
 
-    from anoaug.generators.diffusion.tiny import _busy_cores
+    from anoaug.generators.diffusion.tiny.generator import _busy_cores
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -344,7 +354,7 @@ def test_busy_cores_sees_other_processes_not_this_one() -> None:
 
 
 def test_mask_channel_carries_the_trimap() -> None:
-    from anoaug.generators.diffusion.training import mask_channel
+    from anoaug.generators.diffusion.tiny.training import mask_channel
 
     mask = np.zeros((16, 16), bool)
     mask[7:9, 4:12] = True
@@ -357,7 +367,7 @@ def test_mask_channel_carries_the_trimap() -> None:
 
 
 def test_sampler_batches_with_and_without_trimap() -> None:
-    from anoaug.generators.diffusion.training import CropExample, CropSampler
+    from anoaug.generators.diffusion.tiny.training import CropExample, CropSampler
 
     rng = np.random.default_rng(3)
     img, m = _normal(rng), _line_mask(rng)
@@ -404,7 +414,7 @@ def test_far_apart_pieces_are_learned_at_native_scale() -> None:
     """Two short scratches 90 px apart: each piece gets a native-scale window, not one shrunken window."""
     import cv2
 
-    from anoaug.generators.diffusion.training import piece_sides, window_side
+    from anoaug.generators.diffusion.crops import piece_sides, window_side
 
     m = np.zeros((128, 128), np.uint8)
     cv2.line(m, (5, 10), (25, 14), 1, 2)

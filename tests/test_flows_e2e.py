@@ -119,3 +119,29 @@ def test_run_accepts_an_mvtec_layout_spec_file(tmp_path: Path, demo_root: Path) 
     spec = prepare_spec(spec_file)
     assert stages.resolve_data_root(spec, None, tmp_path) == demo_root
     assert stages.run_dir_for(spec, tmp_path) == tmp_path.resolve() / "mine" / "cap"
+
+
+@pytest.mark.slow
+def test_a_variant_arm_runs_end_to_end_and_is_labelled_by_its_name(tmp_path: Path, demo_root: Path) -> None:
+    """A model-free variant (crop-paste without feathering) is fitted, sampled into generate/<variant>/,
+    evaluated as its own arm and shown in the report under its name with its generator and params."""
+    variant = ["--set", "variants.cp-sharp={generator: crop-paste, params: {feather: 0}}",
+               "--set", "evaluation.arms=[real-few, cutpaste, cp-sharp]"]  # fmt: skip
+    code, text = run_cli(["run", "demo/cap", "--out", str(tmp_path), "--data-root", str(demo_root), *TINY, *variant])
+    assert code == 0, text
+    run_dir = tmp_path / "demo" / "cap"
+    m = json.loads((run_dir / "run.json").read_text())
+    assert list(m["stages"]) == [*STAGES[:3], "generate:cp-sharp", *STAGES[3:]]
+    assert m["stages"]["generate:cp-sharp"]["info"]["variant"] == "cp-sharp"
+    record = json.loads((run_dir / "generate" / "cp-sharp" / "run.json").read_text())
+    assert (record["generator"], record["variant"]) == ("crop-paste", "cp-sharp")
+    assert record["generator_params"] == {"feather": 0}
+    assert json.loads((run_dir / "generate" / "cutpaste" / "run.json").read_text())["variant"] is None
+    assert not (run_dir / "masks" / "split-seed0.parquet").exists()  # the masks stage used the split stage's manifest
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["real-few", "cutpaste", "cp-sharp"]
+    assert report["dataset"] == "demo" and {r["arm"] for r in report["runs"]} == {"real-few", "cutpaste", "cp-sharp"}
+    md = (run_dir / "report" / "report.md").read_text()
+    assert md.startswith("# anoaug evaluation: demo / cap")
+    assert '| cp-sharp | crop-paste | cp-sharp | {"feather": 0} | no |' in md
+    assert "| segmenter | cp-sharp |" in md

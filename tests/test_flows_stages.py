@@ -14,7 +14,7 @@ from anoaug.pipeline.fingerprint import files_hash, fingerprint
 from anoaug.pipeline.run_manifest import build_run_manifest, read_run_manifest, write_run_manifest
 from anoaug.pipeline.stages import StageError, StageOutput, run_stage
 from anoaug.pipeline.summary import build_summary, write_summary
-from anoaug.spec import GeneratorSection, load_spec
+from anoaug.spec import GeneratorSection, VariantSection, deep_merge, load_spec
 
 
 def test_fingerprint_is_pure_and_sensitive() -> None:
@@ -110,14 +110,44 @@ def test_split_stage_is_idempotent_and_tracks_data(make_mvtec, tmp_path: Path) -
     assert not r3.skipped and r3.content_hash == r1.content_hash
 
 
-def test_generators_for_and_params() -> None:
+def test_producers_their_params_and_cache_keys() -> None:
     spec = load_spec("demo/cap")
     spec.generator.name = "cutpaste"
-    spec.evaluation.arms = ["none", "real-few", "perlin", "crop-paste+real", "perlin+real"]
-    assert stages.generators_for(spec) == [spec.generator.name, "perlin", "crop-paste"]
+    spec.variants = {"cp-sharp": VariantSection(generator="crop-paste", params={"feather": 0})}
+    spec.evaluation.arms = ["none", "real-few", "perlin", "crop-paste+real", "perlin+real", "cp-sharp+real"]
+    assert spec.producers() == [spec.generator.name, "perlin", "crop-paste", "cp-sharp"]
     spec.generator.params = {"jitter": 0.1}
-    assert stages.generator_params(spec, spec.generator.name) == {"jitter": 0.1}
-    assert stages.generator_params(spec, "perlin") == {}
+    assert spec.producer(spec.generator.name) == ("cutpaste", {"jitter": 0.1})
+    assert spec.producer("perlin") == ("perlin", {})
+    assert spec.producer("cp-sharp") == ("crop-paste", {"feather": 0})
+    assert stages.stage_dir("r", "generate", "cp-sharp") == Path("r/generate/cp-sharp")
+    split = stages.StageResult(stage="split", fingerprint="f", out_dir="s", content_hash="h")
+    keys = {name: stages.generate_fingerprint(spec, split, None, name) for name in spec.producers()}
+    assert len(set(keys.values())) == 4  # each producer its own cache key
+    spec.variants["cp-sharp"].params = {"feather": 2}
+    assert stages.generate_fingerprint(spec, split, None, "cp-sharp") != keys["cp-sharp"]
+    assert stages.generate_fingerprint(spec, split, None, "crop-paste") == keys["crop-paste"]  # others unchanged
+    spec.variants["cp-sharp"].params = {}  # a variant with default params: the same settings as crop-paste
+    assert stages.generate_fingerprint(spec, split, None, "cp-sharp") == keys["crop-paste"]
+
+
+def test_variant_params_from_set_and_generator_option(tmp_path: Path) -> None:
+    spec_file = tmp_path / "cap.yaml"
+    spec_file.write_text(
+        "dataset: {name: demo, category: cap}\ngenerator: {name: cutpaste, params: {jitter: 0.2}}\n"
+        "variants: {cp-sharp: {generator: crop-paste, params: {feather: 0}}}\n"
+    )
+    spec = prepare_spec(spec_file, generator="cp-sharp")  # a variant is added as an arm, the generator stays
+    assert spec.generator.name == "cutpaste" and spec.generator.params == {"jitter": 0.2}
+    assert spec.evaluation.arms[-1] == "cp-sharp" and spec.producers()[-1] == "cp-sharp"
+    variant = {"variants": {"cp-sharp": {"generator": "crop-paste", "params": {"feather": 0}}}}
+    sets = deep_merge(variant, parse_sets(["variants.cp-sharp.params.feather=3", "evaluation.arms=[none, cp-sharp]"]))
+    spec = prepare_spec("demo/cap", sets=sets)
+    assert spec.producer("cp-sharp") == ("crop-paste", {"feather": 3}) and spec.producers()[-1] == "cp-sharp"
+    with pytest.raises(SpecError, match="variant 'perlin' has the name of a registered generator"):
+        prepare_spec("demo/cap", sets={"variants": {"perlin": {"generator": "cutpaste"}}})
+    with pytest.raises(SpecError, match="arm 'nope': unknown generator or variant"):
+        prepare_spec("demo/cap", sets={"evaluation": {"arms": ["none", "nope"]}})
 
 
 def test_parse_sets_and_profile() -> None:

@@ -81,7 +81,7 @@ def _expected(fd: FitData, sm: SynthesizedMask) -> np.ndarray:
 
 def _check_hard_paste(fd: FitData, synth: MaskSynthesizer, art: Path, masks: list) -> None:
     gen = get_generator("crop-paste").load(art)  # a loaded artifact has what the matched path needs
-    gen.params["blend"] = "none"
+    gen.settings.blend = "none"
     for normal, sm in masks:
         res = gen.generate([_request(normal, sm)])[0]
         assert res.info["source"] == "matched" and res.info["crop_source"] == sm.params["source_image"]

@@ -135,3 +135,62 @@ def test_learned_generators_are_compared_with_the_model_free_ones() -> None:
     assert ("diffusion-tiny", "cutpaste+real") not in pairs and ("diffusion-tiny+real", "crop-paste") not in pairs
     assert ("crop-paste", "cutpaste+real") not in pairs  # model-free arms are not compared with each other
     assert gain_baselines(gains) == ["none", "real-few", "crop-paste", "cutpaste+real"]
+
+
+def test_variant_arms_are_labelled_by_name_and_paired_by_their_generator() -> None:
+    """A variant's arm keeps its name; its generator (from run.json arms) decides learned vs model-free."""
+    from anoaug.report.build import arm_generators, arm_rows, summarise
+    from anoaug.report.schema import RunResult
+
+    arms = [
+        {"name": "none", "generator": None, "use_real": False},
+        {"name": "crop-paste", "generator": "crop-paste", "variant": None, "generator_params": {}, "use_real": False},
+        {"name": "tiny-notrimap", "generator": "diffusion-tiny", "variant": "tiny-notrimap",
+         "generator_params": {"trimap": False}, "use_real": False},
+        {"name": "cp-sharp", "generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 0},
+         "use_real": False},
+        {"name": "old-variant", "generator": "old-variant", "use_real": False},  # an older record: no variant field
+    ]  # fmt: skip
+    ap = {a["name"]: [0.1 * (i + 1), 0.1 * (i + 1) + 0.01] for i, a in enumerate(arms)}
+    runs = [
+        RunResult(model="segmenter", arm=a, seed=s, implementation="x", metrics={"pixel_ap": v}, seconds=1.0)
+        for a, vals in ap.items()
+        for s, v in enumerate(vals)
+    ]
+    _, gains = summarise(runs, list(ap), arm_generators(arms))
+    pairs = {(g.arm, g.baseline) for g in gains}
+    assert {("tiny-notrimap", "crop-paste"), ("tiny-notrimap", "cp-sharp")} <= pairs  # learned vs model-free
+    assert not {b for a, b in pairs if a in ("crop-paste", "cp-sharp")} - {"none"}  # model-free: baselines only
+    assert not {b for a, b in pairs if a == "old-variant"} - {"none"}  # unknown generator: no pairing
+    assert ("tiny-notrimap", "old-variant") not in pairs
+    rows = {r[0]: r for r in arm_rows(arms)}
+    assert rows["tiny-notrimap"] == ["tiny-notrimap", "diffusion-tiny", "tiny-notrimap", '{"trimap": false}', "no"]
+    assert rows["old-variant"][2:4] == ["–", "–"]
+
+
+def test_report_shows_the_arms_with_their_generator_and_params(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "run")
+    meta = json.loads((run / "run.json").read_text())
+    meta["arms"][2].update(generator="crop-paste", variant="cutpaste", generator_params={"feather": 0})
+    (run / "run.json").write_text(json.dumps(meta))
+    paths = write_report(run)
+    md = paths["md"].read_text()
+    assert md.startswith("# anoaug evaluation: demo / fabric")
+    assert "| cutpaste | crop-paste | cutpaste | {\"feather\": 0} | no |" in md
+    assert "<td>cutpaste</td><td>crop-paste</td><td>cutpaste</td>" in paths["html"].read_text()
+
+
+def test_older_arm_records_read_the_generation_record_of_their_shards(tmp_path: Path) -> None:
+    from anoaug.report.build import arm_record
+
+    shards = tmp_path / "generate" / "cp-sharp"
+    shards.mkdir(parents=True)
+    record = {"generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 0}, "category": "cap"}
+    (shards / "run.json").write_text(json.dumps(record))
+    old = {"name": "cp-sharp+real", "generator": "cp-sharp", "use_real": True, "source": str(shards)}
+    rec = arm_record(old)
+    assert (rec["name"], rec["generator"], rec["variant"], rec["generator_params"]) == (
+        "cp-sharp+real", "crop-paste", "cp-sharp", {"feather": 0})  # fmt: skip
+    new = {**old, "generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 1}}
+    assert arm_record(new) == new  # a record with the fields is used as it is
+    assert arm_record({**old, "source": str(tmp_path / "missing")})["generator"] == "cp-sharp"

@@ -262,7 +262,7 @@ def test_cli_generate_params(demo_root: Path, tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["generator_params"] == {"blend": "none", "feather": 0}
     res = CliRunner().invoke(app, [*base, "--param", "blend=nope", "--overwrite"])
-    assert res.exit_code == 2 and "blend must be one of" in res.output
+    assert res.exit_code == 2 and "generator cutpaste: blend: Input should be 'alpha'" in res.output
     res = CliRunner().invoke(app, [*base, "--param", "nosuchkey=1", "--overwrite"])
     assert res.exit_code == 2 and "nosuchkey" in res.output
     res = CliRunner().invoke(app, [*base, "--param", "a.b=1"])
@@ -275,3 +275,33 @@ def test_lineage_json_roundtrip(reference: Path) -> None:
         lin = json.loads(r["lineage"])
         assert lin["key"] == r["key"] and lin["artifact_hash"] == r["artifact_hash"]
         assert lin["sample_seed"] == r["sample_seed"] and lin["defect_type"] == r["defect_type"]
+
+
+def test_cli_generate_a_variant(demo_root: Path, tmp_path: Path) -> None:
+    """`-g <variant>` runs the variant's generator with its params; the run record names the variant."""
+    from typer.testing import CliRunner
+
+    from anoaug.cli import app
+
+    spec = tmp_path / "cap.yaml"
+    spec.write_text(
+        f"dataset: {{name: demo, format: mvtec, category: cap, root: '{demo_root}'}}\n"
+        "generator: {name: cutpaste, params: {jitter: 0.3}}\n"
+        "variants: {cp-hard: {generator: crop-paste, params: {feather: 0}}}\n"
+    )
+    out = tmp_path / "v"
+    base = ["generate", str(spec), "-g", "cp-hard", "-n", "1", "--out", str(out)]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert (run["generator"], run["variant"], run["generator_params"]) == ("crop-paste", "cp-hard", {"feather": 0})
+    lineage = json.loads(pq.read_table(out / "samples.parquet").to_pylist()[0]["lineage"])
+    assert lineage["variant"] == "cp-hard" and lineage["generator"] == "crop-paste"
+    res = CliRunner().invoke(app, [*base, "-p", "blend=none", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["generator_params"] == {"feather": 0, "blend": "none"}
+    plain = tmp_path / "plain"
+    res = CliRunner().invoke(app, ["generate", str(spec), "-g", "crop-paste", "-n", "1", "--out", str(plain)])
+    assert res.exit_code == 0, res.output
+    run = json.loads((plain / "run.json").read_text())
+    assert (run["generator"], run["variant"], run["generator_params"]) == ("crop-paste", None, {})

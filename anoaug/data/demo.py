@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anoaug.atomic import atomic_write_bytes
 from anoaug.data.records import GOOD
 from anoaug.errors import DatasetError
+from anoaug.png import write_png
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "fabric": ("stain", "cut"),
@@ -517,15 +517,6 @@ def render_sample(
     return DemoSample(image=_to_u8(img), mask=mask, object_mask=obj, clean=_to_u8(clean))
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """Encode ``array`` (RGB or L) as PNG into a temporary file next to ``path``, then rename it."""
-    bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:  # pragma: no cover
-        raise OSError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
-
-
 def make_demo_dataset(
     out_dir: Path,
     seed: int = 0,
@@ -562,9 +553,9 @@ def make_demo_dataset(
     def write_one(job: tuple[str, str, str, int]) -> None:
         name, split, label, i = job
         sample = render_sample(name, label, i, seed=seed, split=split, size=size)
-        _write_png(out_dir / name / split / label / f"{i:03d}.png", sample.image)
+        write_png(out_dir / name / split / label / f"{i:03d}.png", sample.image)
         if sample.mask is not None:
-            _write_png(out_dir / name / "ground_truth" / label / f"{i:03d}_mask.png", sample.mask)
+            write_png(out_dir / name / "ground_truth" / label / f"{i:03d}_mask.png", sample.mask)
 
     jobs: list[tuple[str, str, str, int]] = []
     for name in names:

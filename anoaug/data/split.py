@@ -13,7 +13,6 @@ give a byte-identical file.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from anoaug.atomic import atomic_path
 from anoaug.data.records import CategoryData, ImageRecord
 from anoaug.errors import DatasetError, ManifestError
+from anoaug.hashing import sha256_file
 
 SCHEMA_VERSION = "1"
 ROLES = ("train_normal", "gen_train_defect", "eval_normal", "eval_defect")
@@ -44,15 +44,6 @@ SPLIT_SCHEMA = pa.schema(
         pa.field("seed", pa.int64(), nullable=False),
     ]
 )
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _type_rng(seed: int, category: str, label: str) -> np.random.Generator:

@@ -211,7 +211,7 @@ def run_evaluation(
 
     run_meta: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
-        "dataset": data.dataset,
+        "dataset": spec.dataset.name,
         "category": data.category,
         "split_seed": split.seed,
         "profile": spec.profile,

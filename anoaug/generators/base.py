@@ -15,15 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BeforeValidator
 
 from anoaug.atomic import atomic_write_text
 from anoaug.data.io import load_image, load_mask
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
-from anoaug.errors import AnoaugError
+from anoaug.errors import AnoaugError, SpecError
+from anoaug.hashing import update_from_file
+from anoaug.registry import Registry, Settings, validate_settings
 
 ARTIFACT_FILE = "artifact.json"
 
@@ -106,41 +109,67 @@ class GeneratorError(AnoaugError):
     """A generator could not be fitted, loaded or run."""
 
 
-def checked_params(generator: str, defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """`defaults` overlaid with `params`; a key not in `defaults` is an error naming the known keys."""
-    merged = {**defaults, **(params or {})}
-    unknown = sorted(set(merged) - set(defaults))
-    if unknown:
-        raise GeneratorError(f"{generator}: unknown params {unknown}; known: {sorted(defaults)}")
-    return merged
+def _parse_bool_or_auto(value: Any) -> Any:
+    """YAML bools, or strings like ``yes``/``off``/``AUTO``, for a ``BoolOrAuto`` setting."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+    return value
 
 
-def bool_or_auto(value: Any, generator: str, key: str) -> bool | str:
-    """A ``true | false | auto`` generator setting (YAML bools, or strings like ``yes``/``off``) -> bool or ``auto``."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text == "auto":
-        return "auto"
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise GeneratorError(f"{generator}: {key} must be true, false or auto, got {value!r}")
+# A ``true | false | auto`` generator setting: bool, or "auto" (the generator decides on the machine).
+BoolOrAuto = Annotated[bool | Literal["auto"], BeforeValidator(_parse_bool_or_auto)]
+
+
+class GeneratorSettings(Settings):
+    """Base of every generator's typed settings (``Generator.Settings``): unknown keys are errors."""
 
 
 class Generator(ABC):
-    """Base class: subclasses set `name`, implement `_fit`, `_load` and `generate`."""
+    """Base class: subclasses set `name` and `Settings`, implement `_fit`, `_load` and `generate`.
+
+    ``params`` (a spec's ``generator.params``, or an artifact's stored settings) are validated once into
+    ``self.settings``, an instance of the class's ``Settings``; keys in ``renamed_settings`` (old name ->
+    new name) still load, with a ``DeprecationWarning``.
+    """
 
     name: ClassVar[str]
     # True for generators that learn a model from the defects (diffusion); False for model-free ones
     # (crop-paste, cutpaste, perlin). The report pairs every learned arm with every model-free arm.
     learned: ClassVar[bool] = False
+    Settings: ClassVar[type[GeneratorSettings]] = GeneratorSettings
+    renamed_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        self.params: dict[str, Any] = dict(params or {})
+        self.settings = self._validate(params, None, GeneratorError)
         self.artifact_dir: Path | None = None
         self.artifact_hash: str | None = None
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any] | None, source: str | Path | None = None) -> GeneratorSettings:
+        """``params`` validated into ``cls.Settings`` without building the generator; a bad or unknown key
+        is a ``SpecError`` naming the key and the spec file ``source``."""
+        return cls._validate(params, source, SpecError)
+
+    @classmethod
+    def _validate(
+        cls, params: dict[str, Any] | None, source: str | Path | None, error: type[AnoaugError]
+    ) -> GeneratorSettings:
+        settings = validate_settings(
+            cls.Settings,
+            params,
+            f"generator {cls.name}",
+            None if source is None else str(source),
+            renamed=cls.renamed_settings,
+            error=error,
+        )
+        assert isinstance(settings, cls.Settings)
+        return settings
 
     def fit(self, data: FitData, out_dir: str | Path, seed: int = 0) -> Path:
         """Learn from `data`, write the artifact directory, and return it (content-hashed)."""
@@ -149,7 +178,7 @@ class Generator(ABC):
         self._fit(data, out, seed)
         meta = {
             "generator": self.name,
-            "params": self.params,
+            "params": self.settings.model_dump(mode="json"),
             "category": data.category,
             "kind": data.kind,
             "seed": seed,
@@ -171,7 +200,10 @@ class Generator(ABC):
         meta = json.loads(meta_path.read_text())
         if meta.get("generator") != cls.name:
             raise GeneratorError(f"artifact is for generator '{meta.get('generator')}', not '{cls.name}'", meta_path)
-        gen = cls(meta.get("params"))
+        try:
+            gen = cls(meta.get("params"))  # old setting names load through `renamed_settings`
+        except GeneratorError as exc:
+            raise GeneratorError(exc.message, meta_path) from None
         gen._load(artifact_dir, meta)
         gen.artifact_dir = artifact_dir
         gen.artifact_hash = artifact_hash(artifact_dir)
@@ -218,31 +250,40 @@ def artifact_hash(artifact_dir: str | Path) -> str:
     for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(b"\0")
-        with open(p, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        update_from_file(h, p)
     return h.hexdigest()[:16]
 
 
-_REGISTRY: dict[str, type[Generator]] = {}
+BUILTIN_MODULES = (
+    "anoaug.generators.crop_paste",
+    "anoaug.generators.cutpaste",
+    "anoaug.generators.perlin",
+    "anoaug.generators.diffusion.tiny",
+    "anoaug.generators.diffusion.sd.generator",
+)
+_REGISTRY: Registry[Generator] = Registry("generator", BUILTIN_MODULES, error=GeneratorError)
 
 
 def register(cls: type[Generator]) -> type[Generator]:
     """Class decorator: make a generator selectable by its `name` in specs and on the CLI."""
-    _REGISTRY[cls.name] = cls
-    return cls
+    return _REGISTRY.register(cls)
 
 
 def get_generator(name: str) -> type[Generator]:
-    """The generator class registered under `name`."""
-    import anoaug.generators  # noqa: F401  (imports every built-in generator module)
+    """The generator class registered under `name`; an unknown name is a GeneratorError listing the known ones."""
+    return _REGISTRY.get(name)
 
+
+def check_generator_params(
+    name: str, params: dict[str, Any] | None, source: str | Path | None = None
+) -> GeneratorSettings:
+    """The typed settings of generator ``name`` for ``params``, without building it (as right after loading a
+    spec): an unknown generator, setting key or bad value is a ``SpecError`` naming it and the file ``source``."""
     if name not in _REGISTRY:
-        raise GeneratorError(f"unknown generator '{name}'; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+        raise SpecError(f"unknown generator '{name}'; available: {', '.join(_REGISTRY.names())}", source)
+    return _REGISTRY.get(name).check_params(params, source)
 
 
 def available_generators() -> list[str]:
-    import anoaug.generators  # noqa: F401
-
-    return sorted(_REGISTRY)
+    """Every registered generator name, sorted (built-ins, then entry-point plugins)."""
+    return _REGISTRY.names()

@@ -34,6 +34,7 @@ from anoaug.data.split import SplitManifest, ensure_split
 from anoaug.masks import MaskError
 from anoaug.masks.foreground import foreground_flags
 from anoaug.masks.synthesis import BankMask, MaskBank, MaskSynthesizer, SynthesizedMask, resolve_kind
+from anoaug.png import write_png
 from anoaug.spec import PipelineSpec
 
 TILE = 128
@@ -62,12 +63,6 @@ def area_stats(areas: list[int] | np.ndarray) -> dict[str, float]:
         "p95": float(q[2]),
         "max": float(a.max()),
     }
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), array):
-        raise MaskError("cannot write image", path)
 
 
 def _atomic_bytes(path: Path, write: Any) -> None:
@@ -204,8 +199,8 @@ def run_masks(
                 continue
             mask_rel = Path("masks") / dtype / f"{i:05d}.png"
             tri_rel = Path("trimaps") / dtype / f"{i:05d}.png"
-            _write_png(out / mask_rel, res.mask.astype(np.uint8) * 255)
-            _write_png(out / tri_rel, res.trimap)
+            write_png(out / mask_rel, res.mask)
+            write_png(out / tri_rel, res.trimap)
             p = dict(res.params)
             p["rejections"] = json.dumps(p["rejections"], sort_keys=True)
             rows.append(
@@ -253,7 +248,7 @@ def run_masks(
         for k in range(0, len(synth_tiles), SHEET_COLS):
             sheet_rows.append(synth_tiles[k : k + SHEET_COLS])
     sheet = contact_sheet(sheet_rows)
-    _write_png(out / "contact_sheet.png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    write_png(out / "contact_sheet.png", sheet)
     return MasksRun(out, kind_name, reason, len(rows), failures, summary)
 
 

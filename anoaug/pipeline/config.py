@@ -80,7 +80,8 @@ def prepare_spec(
     if seed is not None:
         data["seed"] = seed
     if generator is not None:
-        if generator != data["generator"]["name"]:
+        # A variant is added as an arm; another generator replaces the spec's (with its defaults).
+        if generator != data["generator"]["name"] and generator not in data.get("variants", {}):
             data["generator"] = {"name": generator, "params": {}}
         arms = list(data["evaluation"]["arms"])
         if not any(a == generator or a.startswith(f"{generator}+") for a in arms):
@@ -97,8 +98,22 @@ def prepare_spec(
         from anoaug.generators import available_generators
 
         known = available_generators()
-        if generator not in known:
+        if generator not in known and generator not in spec.variants:
             raise SpecError(f"unknown generator {generator!r}; available: {', '.join(known) or 'none'}")
+    return check_producers(spec)
+
+
+def check_producers(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
+    """``spec`` after ``PipelineSpec.check_producers`` against the installed generators (variant names and
+    generators; with ``arms`` also the arms, which a run generates, while `anoaug evaluate` may take shards
+    made elsewhere), and the params of the spec's generator and of every variant against their typed settings.
+    Here, not in anoaug.spec: the generator registry imports the spec module."""
+    from anoaug.generators import available_generators, check_generator_params
+
+    spec.check_producers(available_generators(), arms=arms)
+    for name, variant in spec.variants.items():
+        check_generator_params(variant.generator, variant.params, spec.holder(("variants", name)))
+    check_generator_params(spec.generator.name, spec.generator.params, spec.holder(("generator",)))
     return spec
 
 

@@ -13,44 +13,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from anoaug.hashing import sha256_file
+from anoaug.jsonable import to_jsonable
 
 FINGERPRINT_VERSION = "1"
 BIG_FILE = 16 << 20  # files larger than this are hashed by (name, size): shards carry their own checksums
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return _jsonable(value.model_dump(mode="json"))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return value.as_posix()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
 def canonical_json(value: Any) -> str:
     """Key-sorted, whitespace-free JSON of value (pydantic models are dumped first)."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(to_jsonable(value, unknown="repr"), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def fingerprint(*parts: Any) -> str:
     """sha256 (first 24 hex) of the canonical JSON of parts: spec sections, input hashes, names."""
     payload = canonical_json([FINGERPRINT_VERSION, *parts])
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 hex of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def files_hash(root: str | Path, files: Iterable[str | Path], big_file: int = BIG_FILE) -> str:
@@ -73,7 +51,7 @@ def files_hash(root: str | Path, files: Iterable[str | Path], big_file: int = BI
         size = p.stat().st_size
         h.update(f"{rel}\0{size}\0".encode())
         if size <= big_file:
-            h.update(file_hash(p).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()[:24]
 
 

@@ -5,11 +5,12 @@ the content hashes of its inputs), and skips its work when ``<stage dir>/stage.j
 fingerprint as done and the outputs are still there. Otherwise it clears the stage directory (unless
 an interrupted run with the same fingerprint can be resumed), runs, hashes its outputs and records
 them. A failure is raised as ``StageError`` naming the stage and the cause, with the traceback in
-``<stage dir>/error.log``.
+``<stage dir>/error.log``. The stage bodies call the stage libraries (masks, shards, evaluation, report)
+directly; those are imported inside the bodies so that importing the pipeline stays light.
 
 Layout of a run directory (``<out>/<dataset>/<category>/``)::
 
-    split/split.parquet        masks/...        generate/<generator>/...
+    split/split.parquet        masks/...        generate/<producer>/...  (a generator or a variant)
     evaluate/...               report/report.html ...          run.json
 """
 
@@ -32,11 +33,12 @@ from pydantic import BaseModel, Field
 from anoaug.atomic import atomic_write_text
 from anoaug.errors import AnoaugError, SpecError
 from anoaug.pipeline.fingerprint import files_hash, fingerprint, listing_hash
-from anoaug.spec import PipelineSpec
+from anoaug.spec import PipelineSpec, arm_producer
 
 STAGE_FILE = "stage.json"
 ERROR_FILE = "error.log"
 STAGES = ("split", "masks", "generate", "evaluate", "report")
+MASKS_QA_COUNT = 32  # masks written by the masks stage: a contact sheet and statistics, not the bulk
 
 
 class StageError(AnoaugError):
@@ -223,36 +225,12 @@ def run_dir_for(spec: PipelineSpec, out: str | Path) -> Path:
     return Path(out).resolve() / spec.dataset.name / spec.dataset.category
 
 
-def stage_dir(run_dir: str | Path, stage: str, generator: str | None = None) -> Path:
+def stage_dir(run_dir: str | Path, stage: str, producer: str | None = None) -> Path:
+    """`<run_dir>/<stage>`, or `<run_dir>/generate/<producer>` for one generator or variant."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
     base = Path(run_dir) / stage
-    return base / generator if generator else base
-
-
-def arm_generator(arm: str) -> str | None:
-    """The generator an evaluation arm trains on: 'none'/'real-few' none, '<gen>' and '<gen>+real' gen.
-
-    The same rule as anoaug.evaluation.protocol.parse_arm, without importing the training stack.
-    """
-    if arm in ("none", "real-few"):
-        return None
-    return arm[: -len("+real")] if arm.endswith("+real") else arm
-
-
-def generators_for(spec: PipelineSpec) -> list[str]:
-    """Generators to fit and sample: spec.generator.name, then every generator an arm names."""
-    names = [spec.generator.name]
-    for arm in spec.evaluation.arms:
-        gen = arm_generator(arm)
-        if gen is not None and gen not in names:
-            names.append(gen)
-    return names
-
-
-def generator_params(spec: PipelineSpec, name: str) -> dict[str, Any]:
-    """spec.generator.params apply to spec.generator.name; other generators run with defaults."""
-    return dict(spec.generator.params) if name == spec.generator.name else {}
+    return base / producer if producer else base
 
 
 def _read_data(spec: PipelineSpec, root: str | Path):  # -> CategoryData
@@ -307,12 +285,18 @@ def masks_fingerprint(spec: PipelineSpec, split: StageResult) -> str:
 def stage_masks(
     spec: PipelineSpec, root: str | Path, run_dir: str | Path, split: StageResult, force: bool = False
 ) -> StageResult:
-    """Foreground + synthesized masks (a QA sample of what generation will place)."""
+    """Foreground + synthesized masks (a QA sample of what generation will place), on the split stage's
+    manifest."""
 
     def body(out: Path, resume: bool) -> StageOutput:
-        from anoaug.pipeline import adapters
+        from anoaug.masks.run import run_masks
 
-        return adapters.run_masks(spec, _read_data(spec, root), _read_split(split), out)
+        res = run_masks(spec, MASKS_QA_COUNT, out, data=_read_data(spec, root), split=_read_split(split))
+        outputs = {"masks": out / "masks.parquet", "summary": out / "summary.json"}
+        if (out / "contact_sheet.png").is_file():
+            outputs["contact_sheet"] = out / "contact_sheet.png"
+        info = {"kind": res.kind, "kind_reason": res.kind_reason, "written": res.written, "failures": len(res.failures)}
+        return StageOutput(outputs, info)
 
     return run_stage("masks", masks_fingerprint(spec, split), stage_dir(run_dir, "masks"), body, force)
 
@@ -320,12 +304,14 @@ def stage_masks(
 # --- generate ---------------------------------------------------------------------------------------
 
 
-def generate_fingerprint(spec: PipelineSpec, split: StageResult, masks: StageResult | None, generator: str) -> str:
-    """Generator name + its params + generation and masks sections + seed + split and masks hashes."""
+def generate_fingerprint(spec: PipelineSpec, split: StageResult, masks: StageResult | None, producer: str) -> str:
+    """The producer's generator + params (spec.producer) + generation and masks sections + seed + split and
+    masks hashes."""
+    generator, params = spec.producer(producer)
     return fingerprint(
         "generate",
         generator,
-        generator_params(spec, generator),
+        params,
         spec.generation,
         spec.masks,
         spec.dataset.kind,
@@ -341,33 +327,53 @@ def stage_generate(
     run_dir: str | Path,
     split: StageResult,
     masks: StageResult | None,
-    generator: str,
+    producer: str,
     force: bool = False,
 ) -> StageResult:
-    """Fit `generator` on the generator-training split and write resumable shards."""
+    """Fit `producer` (a generator or a variant) on the generator-training split and write resumable shards
+    into `generate/<producer>/`."""
 
     def body(out: Path, resume: bool) -> StageOutput:
-        from anoaug.pipeline import adapters
+        from anoaug.shards import generate_category
 
-        return adapters.run_generate(
+        summary = generate_category(
             spec,
             _read_data(spec, root),
             _read_split(split),
-            generator,
+            producer,
             out,
-            resume,
-            progress_for(f"generate {generator}"),
+            count_per_type=spec.generation.count_per_type,
+            seed=spec.seed,
+            workers=spec.generation.workers,
+            overwrite=not resume,
+            progress=progress_for(f"generate {producer}"),
         )
+        outputs: dict[str, Path] = {}
+        for name, p in (("samples", summary.samples_manifest), ("shards", summary.shards_manifest)):
+            if p is not None:
+                outputs[name] = Path(p)
+        outputs["artifact"] = Path(summary.artifact_dir)
+        info = {
+            "generator": summary.generator,
+            "variant": producer if producer in spec.variants else None,
+            "artifact_hash": summary.artifact_hash,
+            "total": summary.total,
+            "written": summary.written,
+            "kept": summary.kept,
+            "shards": len(summary.shards),
+            "defect_types": list(summary.defect_types),
+        }
+        return StageOutput(outputs, info)
 
-    fp = generate_fingerprint(spec, split, masks, generator)
-    return run_stage(f"generate:{generator}", fp, stage_dir(run_dir, "generate", generator), body, force)
+    fp = generate_fingerprint(spec, split, masks, producer)
+    return run_stage(f"generate:{producer}", fp, stage_dir(run_dir, "generate", producer), body, force)
 
 
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
 def evaluate_fingerprint(spec: PipelineSpec, split: StageResult, generated: dict[str, StageResult]) -> str:
-    """Evaluation section + seed + split hash + the output hash of every generator it trains on."""
+    """Evaluation section + seed + split hash + the output hash of every producer it trains on."""
     return fingerprint(
         "evaluate",
         spec.evaluation,
@@ -388,12 +394,16 @@ def stage_evaluate(
     """Train the downstream models per arm and seed; evaluate on the held-out real images."""
 
     def body(out: Path, resume: bool) -> StageOutput:
-        from anoaug.pipeline import adapters
+        from anoaug.evaluation import run_evaluation
 
-        sources = {name: Path(r.out_dir) for name, r in generated.items()}
-        return adapters.run_evaluate(
-            spec, _read_data(spec, root), _read_split(split), sources, out, progress_for("evaluate")
-        )
+        arm_sources: dict[str, Path | None] = {}
+        for arm in spec.evaluation.arms:
+            producer = arm_producer(arm)
+            arm_sources[arm] = Path(generated[producer].out_dir) if producer is not None else None
+        data, manifest = _read_data(spec, root), _read_split(split)
+        result = Path(run_evaluation(spec, data, manifest, arm_sources, out, progress=progress_for("evaluate")))
+        outputs = {"run": result / "run.json", "runs": result / "runs"}
+        return StageOutput(outputs, {"arms": list(arm_sources), "models": spec.evaluation.models})
 
     fp = evaluate_fingerprint(spec, split, generated)
     return run_stage("evaluate", fp, stage_dir(run_dir, "evaluate"), body, force)
@@ -410,9 +420,12 @@ def stage_report(spec: PipelineSpec, run_dir: str | Path, evaluation: StageResul
     """report.json/md/html and results.csv from the evaluation outputs."""
 
     def body(out: Path, resume: bool) -> StageOutput:
-        from anoaug.pipeline import adapters
+        from anoaug.report import write_report
 
-        return adapters.run_report(spec, Path(evaluation.out_dir), out)
+        paths = {str(k): Path(v) for k, v in write_report(Path(evaluation.out_dir), out).items()}
+        if (out / "figures").is_dir():
+            paths["figures"] = out / "figures"
+        return StageOutput(paths, {})
 
     fp = report_fingerprint(spec, evaluation)
     return run_stage("report", fp, stage_dir(run_dir, "report"), body, force)
@@ -443,7 +456,7 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
             return None
         results = [split, masks]
         generated: dict[str, StageResult] = {}
-        for name in generators_for(spec):
+        for name in spec.producers():
             g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name))
             if g is None:
                 return None

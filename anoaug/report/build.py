@@ -16,6 +16,7 @@ from anoaug.evaluation.metrics import ALL_METRICS, mean_ci
 from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM, parse_arm
 from anoaug.report import figures
 from anoaug.report.schema import Gain, Report, RunResult, Stat, Summary
+from anoaug.shards.format import RUN_FILE as GENERATION_RUN_FILE
 
 CSV_COLUMNS = {  # our metric key -> anomalib-benchmark-style column
     "image_auroc": "image_AUROC",
@@ -50,19 +51,48 @@ def load_runs(run_dir: Path) -> list[RunResult]:
     return runs
 
 
-# Generators without learned weights: a learned generator (diffusion) is also compared with each of them.
-MODEL_FREE_GENERATORS = ("crop-paste", "cutpaste", "perlin")
+def arm_record(arm: dict[str, Any]) -> dict[str, Any]:
+    """An arm of run.json with its ``generator``, ``variant`` and ``generator_params``: as recorded, or, for
+    a record without ``variant``, from the generation record of its shard folder (``<source>/run.json``)."""
+    if "variant" in arm or not arm.get("source"):
+        return arm
+    try:
+        generation = json.loads((Path(arm["source"]) / GENERATION_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return arm
+    if not isinstance(generation, dict) or "generator" not in generation:
+        return arm
+    keys = ("generator", "variant", "generator_params")
+    return {**arm, **{k: generation.get(k) for k in keys}}
 
 
-def _baselines(arm: str, arms: set[str]) -> list[str]:
+def arm_generators(arms: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Arm name -> the generator its shards came from, from run.json ``arms`` (a variant's ``generator``
+    is the generator it runs; older records name the arm's producer there)."""
+    return {str(a["name"]): a.get("generator") for a in arms}
+
+
+def _learned(generator: str | None) -> bool | None:
+    """Whether ``generator`` has learned weights (its class's ``learned``); None for no or an unknown one."""
+    from anoaug.generators.base import get_generator
+
+    if generator is None:
+        return None
+    try:
+        return bool(get_generator(generator).learned)
+    except AnoaugError:  # not registered here (a plugin not installed, an older record naming a variant)
+        return None
+
+
+def _baselines(arm: str, arms: set[str], generators: dict[str, str | None]) -> list[str]:
     """Arms that ``arm`` is compared with, paired by seed: 'none' and 'real-few' always; for a learned
     generator's arm also every model-free generator arm with the same use of the real few."""
     out = [NONE_ARM, REAL_ARM]
     a = parse_arm(arm)
-    if a.generator is not None and a.generator not in MODEL_FREE_GENERATORS:
+    if _learned(generators.get(arm, a.generator)):
         for other in sorted(arms):
             b = parse_arm(other)
-            if b.generator in MODEL_FREE_GENERATORS and b.use_real == a.use_real:
+            if _learned(generators.get(other, b.generator)) is False and b.use_real == a.use_real:
                 out.append(other)
     return out
 
@@ -73,9 +103,13 @@ def gain_baselines(gains: list[Gain]) -> list[str]:
     return [b for b in (NONE_ARM, REAL_ARM) if b in present] + sorted(present - {NONE_ARM, REAL_ARM})
 
 
-def summarise(runs: list[RunResult], arm_order: list[str]) -> tuple[list[Summary], list[Gain]]:
+def summarise(
+    runs: list[RunResult], arm_order: list[str], generators: dict[str, str | None] | None = None
+) -> tuple[list[Summary], list[Gain]]:
     """Mean/CI per (model, arm, metric), and paired gains of every arm over 'none' and 'real-few' (and of
-    learned generators over the model-free ones, see `_baselines`)."""
+    learned generators over the model-free ones, see `_baselines`). ``generators`` maps an arm to its
+    generator (see `arm_generators`); arms missing there are read by their name."""
+    generators = generators or {}
     by: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for r in runs:
         by.setdefault((r.model, r.arm), {})[r.seed] = r.metrics
@@ -100,7 +134,7 @@ def summarise(runs: list[RunResult], arm_order: list[str]) -> tuple[list[Summary
                     stat=stat,
                 )
             )
-            for baseline in _baselines(arm, all_arms):
+            for baseline in _baselines(arm, all_arms, generators):
                 if arm in (baseline, NONE_ARM) or (model, baseline) not in by:
                     continue
                 base = by[model, baseline]
@@ -218,8 +252,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     runs = load_runs(run_dir)
     if not runs:
         raise AnoaugError("the run directory holds no finished runs (runs/*/*/seed*/metrics.json)", run_dir)
-    arm_order = [a["name"] for a in meta["arms"]]
-    summary, gains = summarise(runs, arm_order)
+    arms = [arm_record(a) for a in meta["arms"]]
+    arm_order = [a["name"] for a in arms]
+    summary, gains = summarise(runs, arm_order, arm_generators(arms))
     notes = [meta["none_arm"], meta["protocol"]["selection"], meta["generation_quality"]["note"]]
     if not meta.get("pre_trained"):
         notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
@@ -231,7 +266,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
         profile=meta["profile"],
         seeds=meta["seeds"],
         models=meta["models"],
-        arms=meta["arms"],
+        arms=arms,
         protocol=meta["protocol"],
         config=meta["config"],
         notes=notes,
@@ -258,9 +293,27 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
 # --- rendering --------------------------------------------------------------------------------
 
 
+def arm_rows(arms: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per arm: its name (the label used everywhere), generator, variant, generator params, and
+    whether it adds the real few. Records without ``variant`` / ``generator_params`` show '–'."""
+    rows = []
+    for a in arms:
+        params = a.get("generator_params")
+        rows.append(
+            [
+                str(a["name"]),
+                a.get("generator") or "–",
+                a.get("variant") or "–",
+                json.dumps(params, sort_keys=True) if params else "–",
+                "yes" if a.get("use_real") else "no",
+            ]
+        )
+    return rows
+
+
 def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of the metric table and the gain tables, shared by md and html."""
-    out = []
+    """(title, header, rows) of the arms table, the metric table and the gain tables, shared by md and html."""
+    out = [("Arms", ["arm", "generator", "variant", "generator params", "real few"], arm_rows(report.arms))]
     stats = {(s.model, s.arm, s.metric): s.stat for s in report.summary}
     pairs = list(dict.fromkeys((s.model, s.arm) for s in report.summary))
     metrics = [m for m in TABLE_METRICS if any(s.metric == m for s in report.summary)]

@@ -41,6 +41,8 @@ from anoaug.generators.base import (
     get_generator,
     validate_result,
 )
+from anoaug.hashing import sha256_file
+from anoaug.jsonable import to_jsonable
 from anoaug.shards.format import (
     ARTIFACT_DIR,
     FORMAT_VERSION,
@@ -59,7 +61,7 @@ from anoaug.shards.format import (
     shard_pattern,
     shard_ranges,
 )
-from anoaug.shards.manifest import GenerationManifest, sha256_file
+from anoaug.shards.manifest import GenerationManifest
 from anoaug.shards.writer import EncodedSample, encode_sample, tmp_path, write_shard
 from anoaug.spec import PipelineSpec
 
@@ -166,6 +168,7 @@ def _run_config(
     spec: PipelineSpec,
     data: CategoryData,
     generator: str,
+    variant: str | None,
     params: dict[str, Any],
     defect_types: list[str],
     count_per_type: int,
@@ -182,6 +185,7 @@ def _run_config(
         "dataset": data.dataset,
         "category": data.category,
         "generator": generator,
+        "variant": variant,
         "generator_params": params,
         "artifact": artifact,
         "defect_types": defect_types,
@@ -303,7 +307,7 @@ class _Context:
                     "sample_seed": gen_seed,
                     "generator_info": res.info,
                 }
-                out.append(encode_sample(key, g, res.image, res.mask, _jsonable(lineage)))
+                out.append(encode_sample(key, g, res.image, res.mask, to_jsonable(lineage)))
         return out
 
 
@@ -321,21 +325,6 @@ def _mask_params(sm: Any, synthesizer: Any) -> dict[str, Any] | None:
     if spec is not None and hasattr(spec, "component_gap") and "split" not in out:
         out["split"] = {"gap": int(spec.component_gap), "min_area": int(spec.min_component_area)}
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays converted) so lineage survives json.dumps."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 _WORKER: _Context | None = None
@@ -407,21 +396,26 @@ def generate_category(
 ) -> GenerationSummary:
     """Fit ``generator_name`` (or load ``artifact_dir``) and write ``count_per_type`` samples per defect type.
 
-    Unset arguments come from the spec (generator.name/params/artifact, generation.*, seed). Resumes an
+    ``generator_name`` names a producer: a registered generator or one of the spec's variants; its generator
+    and params come from ``spec.producer`` (generator.artifact applies to the spec's own generator only), and
+    the run record names the variant (``"variant"``, null for a plain generator).
+    Unset arguments come from the spec (generator.name, generation.*, seed). Resumes an
     interrupted run with the same arguments; a directory written with other arguments needs
     ``overwrite=True``. ``synthesizer`` replaces the spec's mask synthesizer (tests, custom masks).
     ``progress(advance, total)`` is called as samples are done (first with the samples kept).
     """
     t0 = time.perf_counter()
-    gen_name = generator_name or spec.generator.name
-    params = dict(spec.generator.params) if gen_name == spec.generator.name else {}
+    producer = generator_name or spec.generator.name
+    gen_name, params = spec.producer(producer)
+    variant = producer if producer in spec.variants else None
     gen_cls = get_generator(gen_name)  # unknown name: GeneratorError listing the available ones
     n_per_type = int(count_per_type if count_per_type is not None else spec.generation.count_per_type)
     run_seed = int(seed if seed is not None else spec.seed)
     n_workers = max(1, int(workers if workers is not None else spec.generation.workers))
     size = int(shard_size if shard_size is not None else spec.generation.shard_size)
     batch = int(batch_size if batch_size is not None else spec.generation.batch_size)
-    given_artifact = artifact_dir if artifact_dir is not None else spec.generator.artifact
+    own_artifact = spec.generator.artifact if producer == spec.generator.name else None
+    given_artifact = artifact_dir if artifact_dir is not None else own_artifact
     if n_per_type < 1 or size < 1 or batch < 1:
         raise ShardError("count per type, shard size and batch size must be >= 1")
 
@@ -451,7 +445,7 @@ def generate_category(
     with output_lock(out):
         ext_artifact = Path(given_artifact).resolve() if given_artifact else None
         config = _run_config(
-            spec, data, gen_name, params, types, n_per_type, run_seed, size, split, kind,
+            spec, data, gen_name, variant, params, types, n_per_type, run_seed, size, split, kind,
             str(ext_artifact) if ext_artifact else None,
         )  # fmt: skip
         run_path = out / RUN_FILE
@@ -520,6 +514,7 @@ def generate_category(
             "dataset": data.dataset,
             "category": data.category,
             "generator": gen_name,
+            "variant": variant,
             "generator_params": params,
             "artifact_hash": generator.artifact_hash,
             "seed": run_seed,

@@ -10,8 +10,6 @@ most one shard that the next run discards and rewrites.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pyarrow.parquet as pq
 
 from anoaug.atomic import atomic_path
 from anoaug.errors import ManifestError
+from anoaug.hashing import sha256_file
 from anoaug.shards.format import FORMAT_VERSION, PARTS_DIR, SAMPLES_MANIFEST, SHARDS_MANIFEST
 
 SAMPLES_SCHEMA = pa.schema(
@@ -54,18 +53,6 @@ SHARDS_SCHEMA = pa.schema(
         pa.field("bytes", pa.int64(), nullable=False),
     ]
 )
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -195,7 +182,3 @@ def verify_generation(out_dir: str | Path) -> list[str]:
         problems.append(f"{SAMPLES_MANIFEST}: {len(stray)} sample(s) of unlisted shards")
     return problems
 
-
-def lineage_of(row: dict[str, Any]) -> dict[str, Any]:
-    """The full lineage record of a samples.parquet row."""
-    return json.loads(row["lineage"])

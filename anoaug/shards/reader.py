@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from anoaug.errors import AnoaugError
+from anoaug.png import decode_image, decode_mask, write_png
 from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, SHARDS_MANIFEST, slug
 
 
@@ -56,20 +56,6 @@ def shard_files(shard_dir: str | Path) -> list[Path]:
     return sorted(p for p in shard_dir.glob("*.tar") if not p.name.startswith("."))
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if arr is None:
-        raise AnoaugError("cannot decode a shard image")
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-
-
-def decode_mask(data: bytes) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if arr is None:
-        raise AnoaugError("cannot decode a shard mask")
-    return arr >= 128
-
-
 def iter_samples(shard_dir: Path) -> Iterator[ShardSample]:
     """Every sample of a generation directory, in shard order, decoded."""
     import webdataset as wds
@@ -87,8 +73,8 @@ def iter_samples(shard_dir: Path) -> Iterator[ShardSample]:
                 raise AnoaugError(f"sample {s.get('__key__')} in {s.get('__url__')} has no .{ext} file")
         yield ShardSample(
             key=s["__key__"],
-            image=decode_image(s[IMAGE_EXT]),
-            mask=decode_mask(s[MASK_EXT]),
+            image=decode_image(s[IMAGE_EXT], "a shard image"),
+            mask=decode_mask(s[MASK_EXT], "a shard mask"),
             meta=json.loads(s[META_EXT]),
         )
 
@@ -117,8 +103,8 @@ def export_mvtec_folder(shard_dir: Path, out_dir: Path, overwrite: bool = False)
                 img_dir, mask_dir = tmp / "test" / dtype, tmp / "ground_truth" / dtype
                 img_dir.mkdir(parents=True, exist_ok=True)
                 mask_dir.mkdir(parents=True, exist_ok=True)
-                _write(img_dir / f"{s.key}.png", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
-                _write(mask_dir / f"{s.key}_mask.png", s.mask.astype(np.uint8) * 255)
+                write_png(img_dir / f"{s.key}.png", s.image)
+                write_png(mask_dir / f"{s.key}_mask.png", s.mask)
                 lineage.write(json.dumps(s.meta, sort_keys=True) + "\n")
         assert category is not None
         final = out_dir / slug(category)
@@ -131,10 +117,3 @@ def export_mvtec_folder(shard_dir: Path, out_dir: Path, overwrite: bool = False)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-def _write(path: Path, array: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover
-        raise AnoaugError("cannot encode PNG", path)
-    path.write_bytes(buf.tobytes())

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import webdataset as wds
 
+from anoaug.png import encode_png
 from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, TAR_MTIME, TMP_SUFFIX
 
 
@@ -38,26 +38,14 @@ class EncodedSample:
         return json.dumps(self.lineage, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) RGB uint8 image or an (H, W) uint8/bool mask (OpenCV, fast setting)."""
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:  # pragma: no cover
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def encode_sample(
     key: str, global_index: int, image: np.ndarray, mask: np.ndarray, lineage: dict[str, Any]
 ) -> EncodedSample:
     return EncodedSample(
         key=key,
         global_index=global_index,
-        image_png=encode_png(image),
-        mask_png=encode_png(mask.astype(bool)),
+        image_png=encode_png(image, compression=1),
+        mask_png=encode_png(mask.astype(bool), compression=1),
         lineage=lineage,
         mask_pixels=int(np.count_nonzero(mask)),
     )

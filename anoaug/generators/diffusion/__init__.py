@@ -1,4 +1,6 @@
-"""Diffusion defect generators. Shared blended sampler in `blending`; the tiny CPU profile in `tiny`.
+"""Diffusion defect generators: `tiny/` (small pixel-space UNet trained per category) and `sd/` (Stable
+Diffusion with learned defect tokens). Shared: `blending` (blended sampling), `crops` (windows around a
+mask), `settings` (sampling settings under diffusers' names); pixel compositing is `generators.compositing`.
 
-Kept minimal: importing the package does not import backends (the Stable Diffusion one lives in `sd/`).
+Kept minimal: importing the package does not import backends.
 """

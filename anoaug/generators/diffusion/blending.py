@@ -6,22 +6,20 @@ level, so only the mask region is generated (Blended Diffusion / Blended Latent 
 
     x_{t-1} = step(denoise(x_t), x_t) * m + q(y_{t-1} | y_0) * (1 - m)
 
-and the last step returns the known image exactly outside the mask. A final pixel-space
-`composite` keeps the normal image bit-exact outside the (feathered) edit region, and
-`changed_mask` reports what was actually changed.
+and the last step returns the known image exactly outside the mask. The pixel-space
+`anoaug.generators.compositing.composite` then keeps the normal image bit-exact outside the (feathered)
+edit region, and `compositing.changed_mask` reports what was actually changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
-import numpy as np
 import torch
 from diffusers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-__all__ = ["blended_sample", "changed_mask", "composite", "make_scheduler"]
+__all__ = ["blended_sample", "make_scheduler"]
 
 
 def make_scheduler(kind: str, config: dict | None = None) -> SchedulerMixin:
@@ -93,61 +91,3 @@ def blended_sample(
         else:
             x = x * mask + known * (1 - mask)
     return x
-
-
-def _feather_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
-    """Alpha in [0, 1] that is 0 outside ``mask`` and ramps to 1 over ``feather`` px inside it."""
-    m = mask.astype(bool)
-    if feather <= 0:
-        return m.astype(np.float32)
-    # Distance to the nearest outside pixel: the ramp stays inside the mask, so outside stays exact.
-    dist = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
-    return np.clip(dist / float(feather), 0.0, 1.0).astype(np.float32) * m
-
-
-def composite(normal: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather: int) -> np.ndarray:
-    """Paste ``generated`` into ``normal`` inside ``mask`` with an inward feathered seam.
-
-    Pixels where ``mask`` is False are bit-exact copies of ``normal``. Images are (H, W, 3) uint8.
-    """
-    if normal.shape != generated.shape or normal.shape[:2] != mask.shape[:2]:
-        raise ValueError(f"shape mismatch: normal {normal.shape}, generated {generated.shape}, mask {mask.shape}")
-    alpha = _feather_alpha(mask, feather)[..., None]
-    out = normal.astype(np.float32) * (1 - alpha) + generated.astype(np.float32) * alpha
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    outside = ~mask.astype(bool)
-    out[outside] = normal[outside]
-    return out
-
-
-def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a disk of ``radius`` px (identity for radius <= 0)."""
-    m = mask.astype(bool)
-    if radius <= 0:
-        return m
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(m.astype(np.uint8), k).astype(bool)
-
-
-def changed_mask(
-    normal: np.ndarray,
-    generated: np.ndarray,
-    input_mask: np.ndarray,
-    threshold: float,
-    dilate: int,
-    *,
-    blur: int = 0,
-) -> np.ndarray:
-    """The final mask: pixels whose colour changed by more than ``threshold`` (0-255, max over channels)
-    inside ``input_mask`` dilated by ``dilate`` px. ``blur`` > 0 compares Gaussian-smoothed images so that
-    re-synthesised fine texture is not counted as a defect. Returns (H, W) bool."""
-    a = normal.astype(np.float32)
-    b = generated.astype(np.float32)
-    if blur > 0:
-        k = 2 * blur + 1
-        a = cv2.GaussianBlur(a, (k, k), 0)
-        b = cv2.GaussianBlur(b, (k, k), 0)
-    diff = np.abs(a - b)
-    if diff.ndim == 3:
-        diff = diff.max(axis=2)
-    return (diff > threshold) & dilate_mask(input_mask, dilate)

@@ -8,8 +8,8 @@ blended sampling (outside the latent mask the forward-noised normal latent repla
 step) and classifier-free guidance, decode, paste back and composite in pixel space so that the normal
 image is exact outside the mask; the final mask is what actually changed inside the input mask.
 
-Settings (GeneratorSection.params): see `DEFAULTS`. torch / diffusers / transformers / peft are
-imported only when a model is fitted, loaded or run, so registering this generator is cheap.
+Settings: see `StableDiffusionGenerator.Settings` (shared ones in `diffusion.settings`). torch / diffusers /
+transformers / peft are imported only when a model is fitted, loaded or run, so registering this generator is cheap.
 """
 
 from __future__ import annotations
@@ -17,52 +17,31 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator
 
 from anoaug.generators.base import (
+    BoolOrAuto,
     FitData,
     GenerationRequest,
     GenerationResult,
     Generator,
     GeneratorError,
-    bool_or_auto,
     register,
 )
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
 
 MANIFEST = "sd_manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
 LORA = "lora.safetensors"
 SPATIAL = "spatial.safetensors"
 
-DEFAULTS: dict[str, Any] = {
-    "model": "",  # local diffusers folder or hub id (offline: must be in the local HF cache)
-    "inpainting": "auto",  # auto (from unet in_channels 9 vs 4) | true | false (asserted against the model)
-    "resolution": 256,  # crop side in pixels the model sees (multiple of 8 x VAE factor)
-    "context": 2.0,  # crop side = context x mask bounding box, at least `resolution`, at most the short side
-    "train_steps": 400,
-    "batch_size": 1,
-    "lr": 1e-4,  # LoRA and mask encoder
-    "ti_lr": 5e-3,  # textual-inversion embeddings
-    "lora_rank": 4,  # 0 = off
-    "lora_alpha": None,  # default: = rank
-    "textual_inversion": True,
-    "init_word": "defect",  # initial value of the learned tokens
-    "spatial_tokens": 0,  # 0 = off; else K mask-encoder tokens appended to the text states
-    "background_weight": 0.0,  # training loss weight outside the mask
-    "mixed_precision": "auto",  # auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16
-    "gradient_checkpointing": "auto",  # auto (on for cuda) | true | false
-    "device": "auto",
-    "token_template": "a photo of {category} with <{type}> defect",
-    "negative_prompt": "",
-    "guidance_scale": 5.0,  # <= 1 disables classifier-free guidance
-    "num_inference_steps": 30,
-    "scheduler": "ddim",  # ddim | dpm++
-    "mask_dilate": 1,  # latent cells added around the mask for blending
-    "feather": 2,  # px of inward feathering in the final composite
-    "change_threshold": 6.0,  # 0-255: a pixel counts as changed above this difference
-    "change_blur": 1,  # Gaussian radius applied before comparing (ignores re-synthesised fine texture)
-    "generation_batch_size": 4,
-}
+def _precision(value: Any) -> Any:
+    """``mixed_precision``: YAML ``no``/``false`` (a bool) and the spellings of float32 mean ``no``."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("no", "fp32", "false", "none")):
+        return "no"
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 @register
@@ -71,25 +50,62 @@ class StableDiffusionGenerator(Generator):
 
     name = "diffusion-sd"
     learned = True
+    renamed_settings = DIFFUSERS_NAMES
+
+    class Settings(DiffusionSettings):
+        """diffusion-sd settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+
+        model: str = Field(
+            "",
+            validate_default=True,
+            description="local diffusers folder or hub id (offline: must be in the local HF cache); required",
+        )
+        inpainting: BoolOrAuto = Field(
+            "auto", description="auto (from unet in_channels 9 vs 4) | true | false (asserted against the model)"
+        )
+        resolution: int = Field(
+            256, ge=8, description="crop side in pixels the model sees (multiple of 8 x VAE factor)"
+        )
+        context: float = Field(
+            2.0, gt=0, description="crop side = context x mask bounding box, >= `resolution`, <= the short side"
+        )
+        train_steps: int = Field(400, ge=0, description="training steps")
+        batch_size: int = Field(1, ge=1, description="training batch size")
+        lr: float = Field(1e-4, gt=0, description="learning rate of the LoRA and the mask encoder")
+        ti_lr: float = Field(5e-3, gt=0, description="learning rate of the textual-inversion embeddings")
+        lora_rank: int = Field(4, ge=0, description="UNet attention LoRA rank; 0 = off")
+        lora_alpha: float | None = Field(None, description="LoRA alpha; default: = rank")
+        textual_inversion: bool = Field(True, description="learn one token per defect type")
+        init_word: str = Field("defect", description="initial value of the learned tokens")
+        spatial_tokens: int = Field(
+            0, ge=0, description="0 = off; else K mask-encoder tokens appended to the text states"
+        )
+        background_weight: float = Field(0.0, ge=0, description="training loss weight outside the mask")
+        mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
+            "auto", description="auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16"
+        )
+        gradient_checkpointing: BoolOrAuto = Field("auto", description="auto (on for cuda) | true | false")
+        token_template: str = Field(
+            "a photo of {category} with <{type}> defect", description="prompt; {category} and {type} are filled in"
+        )
+        negative_prompt: str = Field("", description="unconditional prompt of classifier-free guidance")
+        guidance_scale: float = Field(5.0, description="classifier-free guidance scale; <= 1 disables guidance")
+        num_inference_steps: int = Field(30, ge=1, description="denoising steps per sample")
+        generation_batch_size: int = Field(4, ge=1, description="requests sampled together in one batch")
+        mask_dilate: int = Field(1, ge=0, description="latent cells added around the mask for blending")
+        change_threshold: float = Field(6.0, ge=0, description="0-255: a pixel counts as changed above this difference")
+
+        @field_validator("model")
+        @classmethod
+        def _model_given(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError("diffusion-sd needs param 'model': a diffusers Stable Diffusion folder or hub id")
+            return v
+
+    settings: Settings
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
-        unknown = sorted(set(self.params) - set(DEFAULTS))
-        if unknown:
-            raise GeneratorError(
-                f"unknown {self.name} params: {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}"
-            )
-        self.cfg: dict[str, Any] = {**DEFAULTS, **self.params}
-        if not str(self.cfg["model"]).strip():
-            raise GeneratorError(
-                f"{self.name} needs param 'model': a diffusers Stable Diffusion folder or hub id"
-            )
-        if self.cfg["scheduler"] not in ("ddim", "dpm++"):
-            raise GeneratorError(
-                f"generator param 'scheduler' must be ddim or dpm++, got '{self.cfg['scheduler']}'"
-            )
-        for key in ("inpainting", "gradient_checkpointing"):
-            self.cfg[key] = bool_or_auto(self.cfg[key], self.name, key)
         self._comps: Any = None
         self._encoder: Any = None
         self._prompts: dict[str, str] = {}
@@ -103,12 +119,12 @@ class StableDiffusionGenerator(Generator):
     def _load_base(self) -> Any:
         from anoaug.generators.diffusion.sd.loading import load_components
 
-        comps = load_components(self.cfg["model"])
-        want = self.cfg["inpainting"]
+        comps = load_components(self.settings.model)
+        want = self.settings.inpainting
         if want != "auto" and bool(want) != comps.inpainting:
             kind = "an inpainting" if comps.inpainting else "a text-to-image"
             raise GeneratorError(
-                f"param inpainting={want} but '{self.cfg['model']}' has {kind} UNet "
+                f"param inpainting={want} but '{self.settings.model}' has {kind} UNet "
                 f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
             )
         return comps
@@ -116,32 +132,33 @@ class StableDiffusionGenerator(Generator):
     def _settings(self) -> Any:
         from anoaug.generators.diffusion.sd.training import TrainSettings
 
-        c = self.cfg
+        c = self.settings
         return TrainSettings(
-            resolution=int(c["resolution"]),
-            steps=int(c["train_steps"]),
-            batch_size=int(c["batch_size"]),
-            lr=float(c["lr"]),
-            ti_lr=float(c["ti_lr"]),
-            lora_rank=int(c["lora_rank"]),
-            lora_alpha=None if c["lora_alpha"] is None else float(c["lora_alpha"]),
-            textual_inversion=bool(c["textual_inversion"]),
-            spatial_tokens=int(c["spatial_tokens"]),
-            mixed_precision=str(c["mixed_precision"]),
-            gradient_checkpointing=c["gradient_checkpointing"],
-            background_weight=float(c["background_weight"]),
-            context=float(c["context"]),
-            template=str(c["token_template"]),
-            init_word=str(c["init_word"]),
+            resolution=c.resolution,
+            steps=c.train_steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            ti_lr=c.ti_lr,
+            lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            textual_inversion=c.textual_inversion,
+            spatial_tokens=c.spatial_tokens,
+            mixed_precision=c.mixed_precision,
+            gradient_checkpointing=c.gradient_checkpointing,
+            background_weight=c.background_weight,
+            context=c.context,
+            template=c.token_template,
+            init_word=c.init_word,
         )
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
         import torch
 
-        from anoaug.generators.diffusion.sd.training import SDTrainer, resolve_device
+        from anoaug.device import resolve_device
+        from anoaug.generators.diffusion.sd.training import SDTrainer
 
-        self._device = resolve_device(str(self.cfg["device"]))
+        self._device = resolve_device(self.settings.device)
         comps = self._load_base()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
@@ -191,11 +208,12 @@ class StableDiffusionGenerator(Generator):
         self._ready(comps, trainer.encoder, trainer.prompts, data.category, trainer.dtype)
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
+        from anoaug.device import resolve_device
         from anoaug.generators.diffusion.sd import lora as lora_mod
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
         from anoaug.generators.diffusion.sd import textual_inversion as ti
         from anoaug.generators.diffusion.sd.loading import check_identity
-        from anoaug.generators.diffusion.sd.training import resolve_device, resolve_dtype
+        from anoaug.generators.diffusion.sd.training import resolve_dtype
 
         path = artifact_dir / MANIFEST
         if not path.is_file():
@@ -212,8 +230,8 @@ class StableDiffusionGenerator(Generator):
             encoder = spatial_mod.load_mask_encoder(
                 artifact_dir / SPATIAL, comps.text_encoder.config.hidden_size
             )
-        self._device = resolve_device(str(self.cfg["device"]))
-        dtype = resolve_dtype(str(self.cfg["mixed_precision"]), self._device)
+        self._device = resolve_device(self.settings.device)
+        dtype = resolve_dtype(self.settings.mixed_precision, self._device)
         self._ready(comps, encoder, dict(manifest.get("prompts", {})), str(meta.get("category", "")), dtype)
 
     def _ready(self, comps: Any, encoder: Any, prompts: dict[str, str], category: str, dtype: Any) -> None:
@@ -246,17 +264,17 @@ class StableDiffusionGenerator(Generator):
 
         if defect_type in self._prompts:
             return self._prompts[defect_type]
-        if self.cfg["textual_inversion"]:
+        if self.settings.textual_inversion:
             raise GeneratorError(
                 f"no learned token for defect type '{defect_type}'; "
                 f"trained types: {', '.join(sorted(self._prompts))}"
             )
-        return build_prompt(str(self.cfg["token_template"]), self._category, defect_type, learned_token=False)
+        return build_prompt(self.settings.token_template, self._category, defect_type, learned_token=False)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self._comps is None:
             raise GeneratorError(f"{self.name}: call fit() or load() before generate()")
-        size = max(1, int(self.cfg["generation_batch_size"]))
+        size = self.settings.generation_batch_size
         out: list[GenerationResult] = []
         for i in range(0, len(batch), size):
             out.extend(self._generate_chunk(list(batch[i : i + size])))
@@ -265,18 +283,14 @@ class StableDiffusionGenerator(Generator):
     def _generate_chunk(self, reqs: list[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
-        from anoaug.generators.diffusion.blending import (
-            blended_sample,
-            changed_mask,
-            composite,
-            make_scheduler,
-        )
+        from anoaug.generators.compositing import changed_mask, composite
+        from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
+        from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
-        from anoaug.generators.diffusion.sd.crops import crop_box, paste_crop, take_crop
 
-        c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.cfg
-        res = int(cfg["resolution"])
+        c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
+        res = cfg.resolution
         boxes, crops, cmasks, prompts = [], [], [], []
         for r in reqs:
             if r.normal.ndim != 3 or r.normal.shape[2] != 3 or r.mask.shape != r.normal.shape[:2]:
@@ -284,20 +298,20 @@ class StableDiffusionGenerator(Generator):
                     f"request needs an (H, W, 3) image and an (H, W) mask; got "
                     f"{r.normal.shape} and {r.mask.shape}"
                 )
-            box = crop_box(r.mask.astype(bool), res, float(cfg["context"]))
+            box = crop_box(r.mask.astype(bool), res, cfg.context)
             img, m = take_crop(r.normal, r.mask.astype(bool), box, res)
             boxes.append(box)
             crops.append(img)
             cmasks.append(m)
             prompts.append(self.prompt_for(r.defect_type))
-        guidance = float(cfg["guidance_scale"])
+        guidance = cfg.guidance_scale
         use_cfg = guidance > 1.0
         autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
         with torch.no_grad():
             images = cond.images_to_tensor(crops, dev)
             pix_mask = cond.masks_to_tensor(cmasks, dev)
             known = cond.encode_latents(c.vae, images, sample=False)
-            blend_mask = cond.latent_mask(pix_mask, c.vae_scale_factor, dilate=int(cfg["mask_dilate"]))
+            blend_mask = cond.latent_mask(pix_mask, c.vae_scale_factor, dilate=cfg.mask_dilate)
             unet_mask = cond.latent_mask(pix_mask, c.vae_scale_factor) if c.inpainting else None
             masked = (
                 cond.encode_latents(c.vae, images * (1 - pix_mask), sample=False) if c.inpainting else None
@@ -308,7 +322,7 @@ class StableDiffusionGenerator(Generator):
                 spatial = self._encoder(pix_mask) if self._encoder is not None else None
                 states = spatial_mod.append_tokens(states, spatial)
                 if use_cfg:
-                    neg = cond.tokenize(c.tokenizer, [str(cfg["negative_prompt"])] * len(reqs), dev)
+                    neg = cond.tokenize(c.tokenizer, [cfg.negative_prompt] * len(reqs), dev)
                     states = torch.cat(
                         [spatial_mod.append_tokens(cond.encode_text(c.text_encoder, neg), spatial), states]
                     )
@@ -329,27 +343,23 @@ class StableDiffusionGenerator(Generator):
                 return uncond + guidance * (text - uncond)
 
             gens = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in reqs]
-            scheduler = make_scheduler(str(cfg["scheduler"]), c.scheduler_config)
-            x0 = blended_sample(
-                denoise, scheduler, known, blend_mask, int(cfg["num_inference_steps"]), generator=gens
-            )
+            scheduler = make_scheduler(cfg.scheduler, c.scheduler_config)
+            x0 = blended_sample(denoise, scheduler, known, blend_mask, cfg.num_inference_steps, generator=gens)
             decoded = cond.tensor_to_images(cond.decode_latents(c.vae, x0.float()))
         results = []
         for r, box, crop, prompt in zip(reqs, boxes, decoded, prompts, strict=True):
             mask = r.mask.astype(bool)
             full = paste_crop(r.normal, crop, box)
-            image = composite(r.normal, full, mask, int(cfg["feather"]))
-            final = changed_mask(
-                r.normal, image, mask, float(cfg["change_threshold"]), 0, blur=int(cfg["change_blur"])
-            )
+            image = composite(r.normal, full, mask, cfg.feather)
+            final = changed_mask(r.normal, image, mask, cfg.change_threshold, 0, blur=cfg.change_blur)
             info = {
                 "generator": self.name,
-                "base_model": str(cfg["model"]),
+                "base_model": cfg.model,
                 "prompt": prompt,
                 "seed": int(r.seed),
                 "crop": [box.y0, box.x0, box.side],
-                "scheduler": str(cfg["scheduler"]),
-                "num_inference_steps": int(cfg["num_inference_steps"]),
+                "scheduler": cfg.scheduler,
+                "num_inference_steps": cfg.num_inference_steps,
                 "guidance_scale": guidance,
                 "input_mask_area": int(mask.sum()),
                 "final_mask_area": int(final.sum()),

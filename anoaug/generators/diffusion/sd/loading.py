@@ -13,12 +13,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anoaug.generators.base import GeneratorError
-
-if TYPE_CHECKING:
-    import torch
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Components whose identity must match when learned parts are applied (the scheduler may be swapped).
@@ -59,11 +56,6 @@ class SDComponents:
     @property
     def latent_scale(self) -> float:
         return float(self.vae.config.scaling_factor)
-
-    def to(self, device: torch.device | str) -> SDComponents:
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device)
-        return self
 
 
 def place(module: Any, device: Any, dtype: Any) -> Any:

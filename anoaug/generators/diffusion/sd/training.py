@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anoaug.generators.base import DefectExample, GeneratorError
+from anoaug.generators.diffusion.crops import crop_box, take_crop
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import lora as lora_mod
 from anoaug.generators.diffusion.sd import spatial as spatial_mod
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.sd.crops import crop_box, take_crop
 from anoaug.generators.diffusion.sd.loading import SDComponents, place
 
 if TYPE_CHECKING:
@@ -50,17 +50,6 @@ class TrainSettings:
     context: float = 2.0
     template: str = cond.DEFAULT_TEMPLATE
     init_word: str = "defect"
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GeneratorError(f"device '{name}' requested but CUDA is not available")
-    return dev
 
 
 def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:

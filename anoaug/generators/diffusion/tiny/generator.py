@@ -1,10 +1,11 @@
-"""``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category on CPU.
+"""``diffusion-tiny``: a small pixel-space diffusion UNet trained from scratch per category (sized for a CPU;
+the ``device`` setting picks where training and sampling run, ``auto`` = CUDA when available).
 
 Fit: crops around the few generator-training defects (+ normal crops) train a 7-channel UNet2DModel
-conditioned on the defect type (see `models.tiny_unet` and `training`). Generate: a window around
-each request's mask at the training crop scale is sampled with the shared blended sampler
-(`blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
-exact outside the dilated mask, and the final mask is what actually changed.
+conditioned on the defect type (see `unet` and `training`). Generate: a window around each request's
+mask at the training crop scale (`diffusion.crops.Window`) is sampled with the shared blended sampler
+(`diffusion.blending.blended_sample`), pasted back with a feathered composite that keeps the normal image
+exact outside the dilated mask, and the final mask is what actually changed (`generators.compositing`).
 
 torch and diffusers are imported only when a model is fitted, loaded or run, so registering is cheap.
 """
@@ -12,105 +13,118 @@ torch and diffusers are imported only when a model is fitted, loaded or run, so 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from anoaug.generators.base import (
+    BoolOrAuto,
     FitData,
     GenerationRequest,
     GenerationResult,
     Generator,
     GeneratorError,
-    bool_or_auto,
     register,
 )
+from anoaug.generators.diffusion.crops import Window
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+    from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
 
 TINY_FILE = "tiny.json"
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    # model
-    "crop": 64,  # training/generation window in px (native scale unless the defect is larger)
-    "widths": [16, 32, 64, 128],
-    "layers_per_block": 1,
-    "patch": 1,  # pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see models.tiny_unet)
-    # condition on the trimap (object vs background around the mask, from the masks stage's foreground)
-    "trimap": True,
-    # training
-    "train_steps": 2500,
-    "time_budget_s": 420,  # stop earlier when this much training time (cumulative over resumes) is spent
-    "batch": 16,
-    "lr": 1e-3,
-    "ctx_weight": 0.1,
-    "ema_decay": 0.999,
-    "normal_fraction": 0.25,
-    "max_normals": 64,
-    "bf16": "auto",  # bf16 autocast in training: auto = where the CPU has native bf16 (~1.3x steps/s here)
-    "checkpoint_every_s": 60,
-    "threads": "auto",  # torch CPU threads for fit; auto: 1 on a busy machine (OpenMP spin waste)
-    # sampling
-    "scheduler": "ddim",  # ddim | dpm++
-    "inference_steps": 25,
-    "guidance": 1.0,  # >1: push away from the 'normal' class (costs a second forward per step)
-    # Band (px, crop scale) around the mask that is generated too; also trained on. Measured on demo/cap
-    # (1000 steps): band 1 + paste_margin 1 gave downstream pixel AP 0.55; band 3 with the whole band kept
-    # gave blurred, too-wide defects whose changed-pixel masks were twice the real defect's width.
-    "dilate": 1,
-    "feather": 2,
-    # generated pixels kept up to this many image px around the input mask (null: the whole generated band)
-    "paste_margin": 1,
-    "change_threshold": 12.0,  # final mask: colour change (0-255) after a `change_blur` Gaussian
-    "change_blur": 1,
-    "gen_batch": 32,
-    # fixed (not auto) so results do not depend on the machine's load: float sums differ by thread count
-    "gen_threads": 1,
-}
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise GeneratorError(f"unknown diffusion-tiny params {unknown}; known: {', '.join(sorted(DEFAULT_PARAMS))}")
-    p = {**DEFAULT_PARAMS, **params}
-    if p["scheduler"] not in ("ddim", "dpm++"):
-        raise GeneratorError(f"diffusion-tiny: scheduler must be 'ddim' or 'dpm++', got '{p['scheduler']}'")
-    return p
-
-
 @register
 class TinyDiffusionGenerator(Generator):
-    """Pixel-space tiny UNet, trained per category on CPU, sampled with blended diffusion."""
+    """Pixel-space tiny UNet, trained per category, sampled with blended diffusion."""
 
     name = "diffusion-tiny"
     learned = True
+    renamed_settings = DIFFUSERS_NAMES
+
+    class Settings(DiffusionSettings):
+        """diffusion-tiny settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+
+        # model
+        crop: int = Field(
+            64, ge=8, description="training/generation window in px (native scale unless the defect is larger)"
+        )
+        widths: list[int] = Field([16, 32, 64, 128], min_length=1, description="UNet channels per resolution level")
+        layers_per_block: int = Field(1, ge=1, description="ResNet layers per UNet block")
+        patch: int = Field(
+            1, ge=1, description="pixel-unshuffle factor: 2 trains ~2.5x more steps/s at the same crop (see tiny.unet)"
+        )
+        trimap: bool = Field(True, description="condition on the trimap (object vs background around the mask)")
+        # training
+        train_steps: int = Field(2500, ge=0, description="training steps")
+        time_budget_s: float | None = Field(
+            420, ge=0, description="stop when this much training time (cumulative over resumes) is spent; null: never"
+        )
+        batch: int = Field(16, ge=1, description="training batch size")
+        lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+        ctx_weight: float = Field(0.1, ge=0, description="loss weight on the known context (mask weight is 1)")
+        ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay of the weights that are saved")
+        normal_fraction: float = Field(0.25, ge=0, le=1, description="share of normal crops in a training batch")
+        max_normals: int = Field(64, ge=0, description="normal training images loaded for normal crops")
+        bf16: BoolOrAuto = Field(
+            "auto", description="bf16 autocast in training: auto = where the device has native bf16"
+        )
+        checkpoint_every_s: float = Field(60, gt=0, description="seconds between resumable training checkpoints")
+        threads: int | Literal["auto"] = Field(
+            "auto", description="torch CPU threads for fit; auto: 1 on a busy machine (OpenMP spin waste)"
+        )
+        # sampling (scheduler, num_inference_steps, guidance_scale, generation_batch_size, device: DiffusionSettings)
+        num_inference_steps: int = Field(25, ge=1, description="denoising steps per sample")
+        guidance_scale: float = Field(
+            1.0, description=">1: push away from the 'normal' class (costs a second forward per step)"
+        )
+        generation_batch_size: int = Field(32, ge=1, description="requests sampled together in one batch")
+        # Band (px, crop scale) around the mask that is generated too; also trained on. Measured on demo/cap
+        # (1000 steps): band 1 + paste_margin 1 gave downstream pixel AP 0.55; band 3 with the whole band kept
+        # gave blurred, too-wide defects whose changed-pixel masks were twice the real defect's width.
+        dilate: int = Field(1, ge=0, description="band (px, crop scale) around the mask generated and trained too")
+        paste_margin: int | None = Field(
+            1, ge=0, description="generated pixels kept up to this many px around the input mask; null: the whole band"
+        )
+        change_threshold: float = Field(12.0, ge=0, description="final mask: colour change (0-255) after `change_blur`")
+        gen_threads: int | Literal["auto"] = Field(
+            1, description="torch CPU threads for sampling; fixed so results do not depend on the machine's load"
+        )
+
+    settings: Settings
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
-        self.p = _params(self.params)
         self.unet: UNet2DModel | None = None
         self.noise_scheduler: DDPMScheduler | None = None
         self.types: list[str] = []
         self.train_summary: dict[str, Any] = {}
-        self.trimap = bool(self.p["trimap"])
+        self.trimap = self.settings.trimap
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device of the ``device`` setting (resolved once; unavailable accelerators are errors)."""
+        if self._device is None:
+            from anoaug.device import resolve_device
+
+            self._device = resolve_device(self.settings.device)
+        return self._device
 
     # ------------------------------------------------------------------ fit / load
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         import torch
 
-        from anoaug.generators.diffusion.models.tiny_unet import build_tiny_unet
-        from anoaug.generators.diffusion.training import (
+        from anoaug.generators.diffusion.tiny.training import (
             CHECKPOINT_FILE,
             CropExample,
             CropSampler,
@@ -118,13 +132,14 @@ class TinyDiffusionGenerator(Generator):
             make_noise_scheduler,
             train_tiny,
         )
+        from anoaug.generators.diffusion.tiny.unet import build_tiny_unet
 
-        p = self.p
+        s = self.settings
         if not data.defects:
             raise GeneratorError(f"diffusion-tiny: category '{data.category}' has no generator-training defects")
         self.types = data.defect_types
         index = {t: i for i, t in enumerate(self.types)}
-        normals = data.normal_images(limit=int(p["max_normals"]))
+        normals = data.normal_images(limit=s.max_normals)
         fg = (data.foreground_fn or _everything) if self.trimap else None
         examples = [
             CropExample(d.image, d.mask.astype(bool), index[d.defect_type], fg(d.image) if fg else None)
@@ -133,30 +148,32 @@ class TinyDiffusionGenerator(Generator):
         sampler = CropSampler(
             examples,
             normals,
-            crop=int(p["crop"]),
-            band=int(p["dilate"]),
+            crop=s.crop,
+            band=s.dilate,
             kind=data.kind,
-            normal_fraction=float(p["normal_fraction"]),
+            normal_fraction=s.normal_fraction,
             seed=seed,
             normal_objs=[fg(n) for n in normals] if fg else None,
         )
         torch.manual_seed(seed)  # weight init
         unet = build_tiny_unet(self._unet_config())
         cfg = TrainConfig(
-            train_steps=int(p["train_steps"]),
-            time_budget_s=None if p["time_budget_s"] is None else float(p["time_budget_s"]),
-            batch=int(p["batch"]),
-            lr=float(p["lr"]),
-            ctx_weight=float(p["ctx_weight"]),
-            ema_decay=float(p["ema_decay"]),
-            checkpoint_every_s=float(p["checkpoint_every_s"]),
-            bf16=resolve_bf16(p["bf16"]),
+            train_steps=s.train_steps,
+            time_budget_s=None if s.time_budget_s is None else float(s.time_budget_s),
+            batch=s.batch,
+            lr=s.lr,
+            ctx_weight=s.ctx_weight,
+            ema_decay=s.ema_decay,
+            checkpoint_every_s=float(s.checkpoint_every_s),
+            bf16=resolve_bf16(s.bf16, self.device),
             seed=seed,
         )
         self.noise_scheduler = make_noise_scheduler()
         try:
-            with cpu_threads(p["threads"]):
-                unet, result = train_tiny(unet, sampler, self.noise_scheduler, cfg, out_dir / CHECKPOINT_FILE)
+            with cpu_threads(s.threads):
+                unet, result = train_tiny(
+                    unet, sampler, self.noise_scheduler, cfg, out_dir / CHECKPOINT_FILE, device=self.device
+                )
         except ValueError as exc:
             raise GeneratorError(f"diffusion-tiny: {exc}", out_dir) from None
         self.unet = unet
@@ -166,7 +183,8 @@ class TinyDiffusionGenerator(Generator):
             "stopped_by": result.stopped_by,
             "resumed_from": result.resumed_from,
             "losses": [round(x, 5) for x in result.losses],
-            "bf16": cfg.bf16,  # as resolved on this machine (params may say auto)
+            "bf16": cfg.bf16,  # as resolved on this machine (settings may say auto)
+            "device": self.device.type,
         }
         unet.save_pretrained(out_dir / "unet", safe_serialization=True)
         self.noise_scheduler.save_pretrained(out_dir / "scheduler")
@@ -179,14 +197,15 @@ class TinyDiffusionGenerator(Generator):
         (out_dir / TINY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def _unet_config(self) -> TinyUNetConfig:
-        from anoaug.generators.diffusion.models.tiny_unet import TinyUNetConfig
+        from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
 
+        s = self.settings
         return TinyUNetConfig(
-            sample_size=int(self.p["crop"]),
-            widths=tuple(int(w) for w in self.p["widths"]),
-            layers_per_block=int(self.p["layers_per_block"]),
+            sample_size=s.crop,
+            widths=tuple(s.widths),
+            layers_per_block=s.layers_per_block,
             n_types=len(self.types),
-            patch=int(self.p["patch"]),
+            patch=s.patch,
         )
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
@@ -200,7 +219,7 @@ class TinyDiffusionGenerator(Generator):
         self.train_summary = info.get("train", {})
         self.trimap = bool(info.get("trimap", False))  # artifacts from before trimap conditioning: none
         self.unet = load_tiny_unet(
-            artifact_dir / "unet", n_types=len(self.types), crop=int(self.p["crop"]), patch=int(self.p["patch"])
+            artifact_dir / "unet", n_types=len(self.types), crop=self.settings.crop, patch=self.settings.patch
         )
         try:
             self.noise_scheduler = DDPMScheduler.from_pretrained(artifact_dir / "scheduler")
@@ -209,15 +228,16 @@ class TinyDiffusionGenerator(Generator):
 
     # ------------------------------------------------------------------ generate
 
-    def _crop_obj(self, w: _Window, r: GenerationRequest) -> np.ndarray | None:
+    def _crop_obj(self, w: Window, r: GenerationRequest) -> np.ndarray | None:
         """The request's trimap object (defect + object) in the window, or None without trimap conditioning."""
         if not self.trimap:
             return None
         return w.crop_mask(r.allowed)
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Bit-identical for the same requests, chunking (``gen_batch``) and ``gen_threads``; a request's
-        pixels may differ by float rounding (rarely one grey level) when batched with other requests."""
+        """Bit-identical for the same requests, chunking (``generation_batch_size``), ``gen_threads`` and device;
+        a request's pixels may differ by float rounding (rarely one grey level) when batched with other
+        requests, and between devices."""
         if self.unet is None or self.noise_scheduler is None:
             raise GeneratorError("diffusion-tiny: generator is not fitted or loaded")
         for r in batch:
@@ -226,8 +246,8 @@ class TinyDiffusionGenerator(Generator):
                     f"diffusion-tiny was trained on {self.types}, not on defect type '{r.defect_type}'"
                 )
         out: list[GenerationResult] = []
-        n = max(1, int(self.p["gen_batch"]))
-        with cpu_threads(self.p["gen_threads"]):
+        n = self.settings.generation_batch_size
+        with cpu_threads(self.settings.gen_threads):
             for i in range(0, len(batch), n):
                 out.extend(self._generate_chunk(batch[i : i + n]))
         return out
@@ -235,31 +255,26 @@ class TinyDiffusionGenerator(Generator):
     def _generate_chunk(self, reqs: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
-        from anoaug.generators.diffusion.blending import (
-            blended_sample,
-            changed_mask,
-            composite,
-            dilate_mask,
-            make_scheduler,
-        )
-        from anoaug.generators.diffusion.models.tiny_unet import denoise as unet_denoise
-        from anoaug.generators.diffusion.models.tiny_unet import model_input
-        from anoaug.generators.diffusion.training import mask_channel
+        from anoaug.generators.compositing import changed_mask, composite, dilate_mask
+        from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
+        from anoaug.generators.diffusion.tiny.training import mask_channel
+        from anoaug.generators.diffusion.tiny.unet import denoise as unet_denoise
+        from anoaug.generators.diffusion.tiny.unet import model_input
 
-        p, crop = self.p, int(self.p["crop"])
-        windows = [_Window.around(r.mask, crop) for r in reqs]
-        known = torch.stack([w.to_crop_tensor(r.normal) for w, r in zip(windows, reqs, strict=True)])
+        s, crop, dev = self.settings, self.settings.crop, self.device
+        windows = [Window.around(r.mask, crop) for r in reqs]
+        known = torch.stack([w.to_crop_tensor(r.normal) for w, r in zip(windows, reqs, strict=True)]).to(dev)
         mch = torch.stack(
             [
-                torch.from_numpy(mask_channel(w.crop_mask(r.mask), int(p["dilate"]), self._crop_obj(w, r)))[None]
+                torch.from_numpy(mask_channel(w.crop_mask(r.mask), s.dilate, self._crop_obj(w, r)))[None]
                 for w, r in zip(windows, reqs, strict=True)
             ]
-        )
+        ).to(dev)
         region = (mch >= 0.5).float()  # defect + band: generated; below: known context
-        labels = torch.tensor([self.types.index(r.defect_type) for r in reqs], dtype=torch.long)
+        labels = torch.tensor([self.types.index(r.defect_type) for r in reqs], dtype=torch.long, device=dev)
         normal_label = torch.full_like(labels, len(self.types))
-        guidance = float(p["guidance"])
-        unet = self.unet.to(memory_format=torch.channels_last)  # ~2x faster oneDNN convolutions on CPU
+        guidance = s.guidance_scale
+        unet = self.unet.to(dev, memory_format=torch.channels_last)  # ~2x faster oneDNN convolutions on CPU
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inp = model_input(x_t, known, mch).contiguous(memory_format=torch.channels_last)
@@ -270,17 +285,18 @@ class TinyDiffusionGenerator(Generator):
             cond, uncond = both.chunk(2)
             return uncond + guidance * (cond - uncond)
 
-        scheduler = make_scheduler(str(p["scheduler"]), self.noise_scheduler.config)
-        gens = [torch.Generator().manual_seed(int(r.seed)) for r in reqs]
-        x0 = blended_sample(denoise, scheduler, known, region, int(p["inference_steps"]), gens)
+        scheduler = make_scheduler(s.scheduler, self.noise_scheduler.config)
+        gens = [torch.Generator().manual_seed(int(r.seed)) for r in reqs]  # CPU noise: the same on every device
+        x0 = blended_sample(denoise, scheduler, known, region, s.num_inference_steps, gens).cpu()
+        region = region.cpu()
         results = []
         for k, (w, r) in enumerate(zip(windows, reqs, strict=True)):
             gen_full, edit = w.paste(r.normal, x0[k], region[k, 0].numpy() > 0)
-            if p["paste_margin"] is not None:
-                edit &= dilate_mask(r.mask, int(p["paste_margin"]))
-            image = composite(r.normal, gen_full, edit, int(p["feather"]))
+            if s.paste_margin is not None:
+                edit &= dilate_mask(r.mask, s.paste_margin)
+            image = composite(r.normal, gen_full, edit, s.feather)
             # What actually changed anywhere in the edit region (mask + generated band), not only the input mask.
-            final = changed_mask(r.normal, image, edit, float(p["change_threshold"]), 0, blur=int(p["change_blur"]))
+            final = changed_mask(r.normal, image, edit, s.change_threshold, 0, blur=s.change_blur)
             results.append(
                 GenerationResult(
                     image=image,
@@ -289,9 +305,9 @@ class TinyDiffusionGenerator(Generator):
                         "generator": self.name,
                         "defect_type": r.defect_type,
                         "seed": int(r.seed),
-                        "scheduler": p["scheduler"],
-                        "inference_steps": int(p["inference_steps"]),
-                        "guidance": guidance,
+                        "scheduler": s.scheduler,
+                        "num_inference_steps": s.num_inference_steps,
+                        "guidance_scale": guidance,
                         "window": [w.y0, w.x0, w.side],
                         "input_mask_px": int(r.mask.sum()),
                         "edit_px": int(edit.sum()),
@@ -302,13 +318,20 @@ class TinyDiffusionGenerator(Generator):
         return results
 
 
-def resolve_bf16(setting: bool | str) -> bool:
-    """``auto``: bf16 autocast where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere it is
-    emulated and slower than float32."""
+def resolve_bf16(setting: bool | str, device: torch.device | None = None) -> bool:
+    """``auto``: bf16 autocast where the device has native bf16: on CPU where oneDNN has native kernels
+    (AVX512-BF16 / AMX; elsewhere it is emulated and slower than float32), on CUDA where the GPU supports it."""
+    if setting != "auto":
+        return bool(setting)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+    if device is not None and device.type != "cpu":
+        return False
     from anoaug.cpu import native_bf16
 
-    value = bool_or_auto(setting, "diffusion-tiny", "bf16")
-    return native_bf16() if value == "auto" else value
+    return native_bf16()
 
 
 def _everything(image: np.ndarray) -> np.ndarray:
@@ -364,7 +387,7 @@ def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2
     """Load the tiny UNet from ``path`` with clear errors for a bad path or incompatible weights."""
     from diffusers import UNet2DModel
 
-    from anoaug.generators.diffusion.models.tiny_unet import IN_CHANNELS
+    from anoaug.generators.diffusion.tiny.unet import IN_CHANNELS
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -387,63 +410,3 @@ def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2
     if problems:
         raise GeneratorError(f"diffusion-tiny: incompatible UNet: {'; '.join(problems)}", path)
     return unet.eval()
-
-
-class _Window:
-    """A square window around a mask: image px [y0, y0+side) x [x0, x0+side), resized to ``crop``."""
-
-    def __init__(self, y0: int, x0: int, side: int, crop: int) -> None:
-        self.y0, self.x0, self.side, self.crop = y0, x0, side, crop
-
-    @classmethod
-    def around(cls, mask: np.ndarray, crop: int) -> _Window:
-        from anoaug.generators.diffusion.training import window_side
-
-        side = window_side(mask, crop)
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
-            cy, cx = mask.shape[0] / 2, mask.shape[1] / 2
-        else:
-            cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-        return cls(int(math.floor(cy - side / 2)), int(math.floor(cx - side / 2)), side, crop)
-
-    def _cut(self, img: np.ndarray) -> np.ndarray:
-        from anoaug.generators.diffusion.training import crop_window
-
-        return crop_window(img, self.y0 + self.side / 2, self.x0 + self.side / 2, self.side)
-
-    def to_crop_tensor(self, image: np.ndarray) -> torch.Tensor:
-        import cv2
-        import torch
-
-        win = self._cut(image)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1).float() / 127.5 - 1
-
-    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
-        import cv2
-
-        win = self._cut(mask.astype(np.uint8)).astype(np.float32)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
-        return win > (0.5 if self.side == self.crop else 0.25)
-
-    def paste(self, normal: np.ndarray, x0: torch.Tensor, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The generated window pasted into a copy of ``normal``, and the edit region in image px."""
-        import cv2
-        import torch
-
-        win = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        reg = region.astype(np.uint8)
-        if self.side != self.crop:
-            win = cv2.resize(win, (self.side, self.side), interpolation=cv2.INTER_CUBIC)
-            reg = cv2.resize(reg, (self.side, self.side), interpolation=cv2.INTER_NEAREST)
-        h, w = normal.shape[:2]
-        ya, xa = max(self.y0, 0), max(self.x0, 0)
-        yb, xb = min(self.y0 + self.side, h), min(self.x0 + self.side, w)
-        full = normal.copy()
-        edit = np.zeros((h, w), bool)
-        full[ya:yb, xa:xb] = win[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0]
-        edit[ya:yb, xa:xb] = reg[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0] > 0
-        return full, edit

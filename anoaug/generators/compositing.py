@@ -1,6 +1,7 @@
-"""Blending a source image into a normal image through a region mask, shared by the model-free generators.
+"""Pixel compositing and the final mask, shared by every generator.
 
-Every function returns the blended image and the *final mask*: the pixels where the defect is drawn.
+Model-free generators blend a source image into a normal image through a region mask; each blending
+function returns the blended image and the *final mask*: the pixels where the defect is drawn.
 
 * ``alpha``: feathered alpha compositing. The alpha is a ramp on the signed distance to the region
   boundary, 0.5 exactly on it, so ``alpha >= 0.5`` is the region itself and pixels change at most
@@ -8,6 +9,10 @@ Every function returns the blended image and the *final mask*: the pixels where 
 * ``poisson`` / ``poisson-mixed``: gradient-domain (Poisson) blending, Perez et al. 2003, via OpenCV's
   ``seamlessClone`` (``NORMAL_CLONE`` / ``MIXED_CLONE``); pixels change only inside the region.
 * ``none``: hard paste.
+
+Diffusion generators paste their generated window back with `composite` (an inward feathered seam that
+keeps the normal image bit-exact outside the edit region) and report `changed_mask`: the pixels whose
+colour actually changed.
 """
 
 from __future__ import annotations
@@ -109,3 +114,61 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def seed_of(rng: np.random.Generator) -> int:
     """A non-negative 31-bit int drawn from ``rng``, for libraries that take an int seed (albumentations)."""
     return int(rng.integers(0, 2**31 - 1))
+
+
+def _inward_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
+    """Alpha in [0, 1] that is 0 outside ``mask`` and ramps to 1 over ``feather`` px inside it."""
+    m = mask.astype(bool)
+    if feather <= 0:
+        return m.astype(np.float32)
+    # Distance to the nearest outside pixel: the ramp stays inside the mask, so outside stays exact.
+    dist = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
+    return np.clip(dist / float(feather), 0.0, 1.0).astype(np.float32) * m
+
+
+def composite(normal: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather: int) -> np.ndarray:
+    """Paste ``generated`` into ``normal`` inside ``mask`` with an inward feathered seam.
+
+    Pixels where ``mask`` is False are bit-exact copies of ``normal``. Images are (H, W, 3) uint8.
+    """
+    if normal.shape != generated.shape or normal.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"shape mismatch: normal {normal.shape}, generated {generated.shape}, mask {mask.shape}")
+    alpha = _inward_alpha(mask, feather)[..., None]
+    out = normal.astype(np.float32) * (1 - alpha) + generated.astype(np.float32) * alpha
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    outside = ~mask.astype(bool)
+    out[outside] = normal[outside]
+    return out
+
+
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a disk of ``radius`` px (identity for radius <= 0)."""
+    m = mask.astype(bool)
+    if radius <= 0:
+        return m
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(m.astype(np.uint8), k).astype(bool)
+
+
+def changed_mask(
+    normal: np.ndarray,
+    generated: np.ndarray,
+    input_mask: np.ndarray,
+    threshold: float,
+    dilate: int,
+    *,
+    blur: int = 0,
+) -> np.ndarray:
+    """The final mask: pixels whose colour changed by more than ``threshold`` (0-255, max over channels)
+    inside ``input_mask`` dilated by ``dilate`` px. ``blur`` > 0 compares Gaussian-smoothed images so that
+    re-synthesised fine texture is not counted as a defect. Returns (H, W) bool."""
+    a = normal.astype(np.float32)
+    b = generated.astype(np.float32)
+    if blur > 0:
+        k = 2 * blur + 1
+        a = cv2.GaussianBlur(a, (k, k), 0)
+        b = cv2.GaussianBlur(b, (k, k), 0)
+    diff = np.abs(a - b)
+    if diff.ndim == 3:
+        diff = diff.max(axis=2)
+    return (diff > threshold) & dilate_mask(input_mask, dilate)

@@ -6,19 +6,18 @@ bounding-box size is cut from elsewhere in the same normal image, colour-jittere
 (albumentations), and pasted through the mask with alpha feathering (default), Poisson blending, or
 a hard edge. Nothing is learned; the artifact holds only the parameters.
 
-Params: ``blend`` ("alpha" | "poisson" | "poisson-mixed" | "none", default "alpha"), ``feather``
-(px, default 1.5), ``jitter`` (colour-jitter strength, default 0.1 as in the paper), ``source``
-("any" | "object": cut only from where the trimap marks the object, default "any").
+Settings: see `CutPasteGenerator.Settings`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
+from pydantic import Field
 
 from anoaug.generators.base import (
     FitData,
@@ -26,12 +25,10 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
-    checked_params,
+    GeneratorSettings,
     register,
 )
-from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
-
-DEFAULTS: dict[str, Any] = {"blend": "alpha", "feather": 1.5, "jitter": 0.1, "source": "any"}
+from anoaug.generators.compositing import BlendMode, bbox, blend, seed_of
 
 
 @register
@@ -40,13 +37,21 @@ class CutPasteGenerator(Generator):
 
     name = "cutpaste"
 
+    class Settings(GeneratorSettings):
+        """cutpaste settings."""
+
+        blend: BlendMode = Field("alpha", description="alpha feathering, Poisson (OpenCV seamlessClone) or none")
+        feather: float = Field(1.5, ge=0, description="alpha ramp half-width in px (blend alpha)")
+        jitter: float = Field(0.1, ge=0, description="colour-jitter strength (0.1 as in the paper)")
+        source: Literal["any", "object"] = Field(
+            "any", description="where the patch is cut: anywhere, or only where the trimap marks the object"
+        )
+
+    settings: Settings
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(checked_params("cutpaste", DEFAULTS, params))
-        if self.params["blend"] not in BLEND_MODES:
-            raise GeneratorError(f"cutpaste: blend must be one of {BLEND_MODES}, got {self.params['blend']!r}")
-        if self.params["source"] not in ("any", "object"):
-            raise GeneratorError(f"cutpaste: source must be 'any' or 'object', got {self.params['source']!r}")
-        j = float(self.params["jitter"])
+        super().__init__(params)
+        j = self.settings.jitter
         self._aug = A.Compose(
             [
                 A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j, 0.5), p=1.0),
@@ -78,7 +83,7 @@ class CutPasteGenerator(Generator):
         src = img.copy()
         src[y : y + h, x : x + w] = patch
         region = req.mask.astype(bool)
-        out, final, used = blend(img, src, region, self.params["blend"], float(self.params["feather"]))
+        out, final, used = blend(img, src, region, self.settings.blend, self.settings.feather)
         info = {"source_xy": [sx, sy], "target_box": [x, y, w, h], "blend": used}
         return GenerationResult(image=out, mask=final, info=info)
 
@@ -88,7 +93,7 @@ class CutPasteGenerator(Generator):
         """Top-left of a patch of the box's size elsewhere in the image (away from the box when possible)."""
         x, y, w, h = box
         H, W = req.normal.shape[:2]
-        want_object = self.params["source"] == "object" and req.trimap is not None
+        want_object = self.settings.source == "object" and req.trimap is not None
         best: tuple[float, int, int] | None = None
         for _ in range(30):
             sx = int(rng.integers(0, W - w + 1))

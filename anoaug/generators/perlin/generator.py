@@ -12,8 +12,7 @@ resized and copied into the artifact at fit time, so the artifact alone reproduc
 trimap; if the noise misses the object the synthesized mask is used) or "request" (the synthesized mask,
 e.g. when the spec's ``masks.source`` is already "perlin"). The final mask is ``M``.
 
-Params: ``mask_mode``, ``texture_dir``, ``max_textures`` (16), ``texture_size`` (256), ``perlin_scale``
-(6: frequencies 2**0 .. 2**5), ``threshold`` (0.5), ``beta`` ([0.0, 0.8]), ``min_pixels`` (16).
+Settings: see `PerlinGenerator.Settings`.
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
 
 from anoaug.data.io import is_image_file, load_image
 from anoaug.generators.base import (
@@ -34,21 +34,12 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
-    checked_params,
+    GeneratorSettings,
     register,
 )
-from anoaug.generators.blending import seed_of
+from anoaug.generators.compositing import seed_of
+from anoaug.png import write_png
 
-DEFAULTS: dict[str, Any] = {
-    "mask_mode": "perlin",
-    "texture_dir": None,
-    "max_textures": 16,
-    "texture_size": 256,
-    "perlin_scale": 6,
-    "threshold": 0.5,
-    "beta": [0.0, 0.8],
-    "min_pixels": 16,
-}
 TEXTURES_INDEX = "textures.json"
 
 
@@ -116,21 +107,43 @@ class PerlinGenerator(Generator):
 
     name = "perlin"
 
+    class Settings(GeneratorSettings):
+        """perlin settings."""
+
+        mask_mode: Literal["perlin", "request"] = Field(
+            "perlin", description="DRAEM's Perlin mask (restricted to the object), or the synthesized mask"
+        )
+        texture_dir: str | None = Field(
+            None, description="folder of texture images; default: the category's normal training images"
+        )
+        max_textures: int = Field(16, ge=1, description="textures copied into the artifact")
+        texture_size: int = Field(256, ge=1, description="longest texture side in px (larger ones are shrunk)")
+        perlin_scale: int = Field(6, ge=1, description="noise frequencies 2**0 .. 2**(perlin_scale - 1)")
+        threshold: float = Field(0.5, description="noise threshold of the Perlin mask")
+        beta: tuple[float, float] = Field(
+            (0.0, 0.8), description="[low, high] within [0, 1): opacity of the normal image over the texture"
+        )
+        min_pixels: int = Field(16, ge=0, description="smallest Perlin mask kept (px); else retried")
+
+        @field_validator("beta")
+        @classmethod
+        def _beta_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+            if not 0.0 <= v[0] <= v[1] < 1.0:
+                raise ValueError(f"beta must be [low, high] within [0, 1), got {list(v)}")
+            return v
+
+    settings: Settings
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(checked_params("perlin", DEFAULTS, params))
-        if self.params["mask_mode"] not in ("perlin", "request"):
-            raise GeneratorError(f"perlin: mask_mode must be 'perlin' or 'request', got {self.params['mask_mode']!r}")
-        b0, b1 = (float(v) for v in self.params["beta"])
-        if not 0.0 <= b0 <= b1 < 1.0:
-            raise GeneratorError(f"perlin: beta must be [low, high] within [0, 1), got {self.params['beta']}")
+        super().__init__(params)
         self._aug = _texture_augmenter()
         self._textures: list[np.ndarray] = []
         self._texture_names: list[str] = []
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
-        tdir = self.params.get("texture_dir")
+        tdir = self.settings.texture_dir
         if tdir:
-            root = Path(str(tdir)).expanduser()
+            root = Path(tdir).expanduser()
             if not root.is_dir():
                 raise GeneratorError("perlin: texture_dir is not a directory", root)
             paths = sorted(p for p in root.rglob("*") if is_image_file(p))
@@ -140,12 +153,12 @@ class PerlinGenerator(Generator):
             origin = "normal training images"
         if not paths:
             raise GeneratorError(f"perlin: no texture images found in {origin}")
-        k = min(len(paths), int(self.params["max_textures"]))
+        k = min(len(paths), self.settings.max_textures)
         picks = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, k).round().astype(int)]
         picks = list(dict.fromkeys(picks))
         tex_dir = out_dir / "textures"
         tex_dir.mkdir(parents=True, exist_ok=True)
-        size = int(self.params["texture_size"])
+        size = self.settings.texture_size
         index = []
         for i, p in enumerate(picks):
             img = load_image(p)
@@ -153,10 +166,7 @@ class PerlinGenerator(Generator):
             if f < 1:
                 img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
             name = f"{i:03d}.png"
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            if not ok:  # pragma: no cover
-                raise GeneratorError("cannot encode texture", p)
-            (tex_dir / name).write_bytes(buf.tobytes())
+            write_png(tex_dir / name, img)
             index.append({"file": name, "source": "/".join(p.parts[-3:])})
         (out_dir / TEXTURES_INDEX).write_text(json.dumps({"origin": origin, "textures": index}, indent=1))
 
@@ -182,17 +192,15 @@ class PerlinGenerator(Generator):
         rng = np.random.default_rng(req.seed)
         H, W = req.normal.shape[:2]
         fallback = False
-        if self.params["mask_mode"] == "request":
+        s = self.settings
+        if s.mask_mode == "request":
             region = req.mask.astype(bool).copy()
         else:
             allowed = req.allowed
             region = np.zeros((H, W), bool)
             for _ in range(10):
-                region = (
-                    perlin_mask((H, W), rng, int(self.params["perlin_scale"]), float(self.params["threshold"]))
-                    & allowed
-                )
-                if region.sum() >= int(self.params["min_pixels"]):
+                region = perlin_mask((H, W), rng, s.perlin_scale, s.threshold) & allowed
+                if region.sum() >= s.min_pixels:
                     break
             else:
                 region, fallback = req.mask.astype(bool).copy(), True
@@ -204,7 +212,7 @@ class PerlinGenerator(Generator):
             tex = cv2.resize(tex, (W, H), interpolation=cv2.INTER_LINEAR)
         self._aug.set_random_seed(seed_of(rng))
         tex = self._aug(image=tex)["image"]
-        b0, b1 = (float(v) for v in self.params["beta"])
+        b0, b1 = s.beta
         beta = float(rng.uniform(b0, b1))
         m = region[..., None]
         img = req.normal.astype(np.float32)

@@ -10,7 +10,6 @@ cumulative time budget is spent, checkpoints periodically, and resumes from its 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from anoaug.generators.diffusion.blending import dilate_mask
+from anoaug.generators.compositing import dilate_mask
+from anoaug.generators.diffusion.crops import crop_window, piece_sides
 
 log = logging.getLogger("anoaug.diffusion")
 
@@ -33,41 +33,6 @@ CHECKPOINT_FILE = ".train_state.pt"  # leading dot: not part of the artifact has
 
 
 # ----------------------------------------------------------------------------- windows and mask channel
-
-
-def window_side(mask: np.ndarray, crop: int, fill: float = 0.75) -> int:
-    """Side of the square window (in image px) that shows ``mask`` at training scale.
-
-    Native resolution (side = crop) unless the mask's bounding box would fill more than ``fill`` of the
-    crop; then the window grows so the whole defect fits (and is resized down to ``crop``).
-    """
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return crop
-    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-    return max(crop, int(math.ceil(extent / fill)))
-
-
-def piece_sides(mask: np.ndarray, crop: int, pixels: np.ndarray) -> np.ndarray:
-    """`window_side` of the piece each of ``pixels`` belongs to. Pieces = connected components of the
-    mask, joined when closer than a quarter crop: a defect made of far-apart pieces (two scratches) is
-    learned piece by piece at native scale, not shrunk until all of it fits one window."""
-    from anoaug.masks.synthesis import split_components
-
-    sides = np.full(len(pixels), crop, np.int64)
-    for piece in split_components(mask.astype(bool), max(1, crop // 4), min_area=1):
-        sides[piece[pixels[:, 0], pixels[:, 1]]] = window_side(piece, crop)
-    return sides
-
-
-def crop_window(img: np.ndarray, cy: float, cx: float, side: int) -> np.ndarray:
-    """A ``side`` x ``side`` window centred at (cy, cx), reflect-padded where it leaves the image."""
-    y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
-    h, w = img.shape[:2]
-    pad = max(0, -y0, -x0, y0 + side - h, x0 + side - w)
-    if pad:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    return img[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
 
 
 # Mask-channel levels: generated = defect and band; known context = object or background (the trimap).
@@ -288,6 +253,7 @@ def train_tiny(
     progress: Callable[[TrainProgress], None] | None = _log_progress,
     progress_every: int = 50,
     progress_every_s: float = 30.0,
+    device: torch.device | str = "cpu",
 ) -> tuple[UNet2DModel, TrainResult]:
     """Train ``model`` in place; returns the EMA weights copied into ``model`` and a summary.
 
@@ -296,11 +262,15 @@ def train_tiny(
 
     If ``checkpoint`` exists, training resumes from it (same model shape and ``cfg.signature()``
     required) and the time budget counts the time already spent.
-    """
-    from anoaug.generators.diffusion.models.tiny_unet import denoise, model_input
 
+    Training runs on ``device``; random draws (noise, timesteps, crops) come from CPU generators, so a run
+    draws the same numbers on every device. The returned model is on ``device``.
+    """
+    from anoaug.generators.diffusion.tiny.unet import denoise, model_input
+
+    device = torch.device(device)
     model.train()
-    model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)
+    model.to(device, memory_format=torch.channels_last)  # ~2x faster convolutions on CPU (oneDNN)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4, fused=True)
     sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
@@ -321,6 +291,7 @@ def train_tiny(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["lr_scheduler"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         gen.set_state(state["torch_rng"])
         sampler.rng.bit_generator.state = state["np_rng"]
         step, spent, losses = state["step"], state["elapsed_s"], list(state["losses"])
@@ -357,10 +328,12 @@ def train_tiny(
         x0, mch = b["image"], b["mask"]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        if device.type != "cpu":
+            x0, mch, noise, t = (v.to(device) for v in (x0, mch, noise, t))
         noisy = noise_scheduler.add_noise(x0, noise, t)
         inp = model_input(noisy, x0, mch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = denoise(model, inp, t, b["label"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            pred = denoise(model, inp, t, b["label"].to(device))
         target = noise_scheduler.get_velocity(x0, noise, t)
         weight = torch.where(mch >= BAND, torch.ones_like(mch), torch.full_like(mch, cfg.ctx_weight))
         loss = masked_mse(pred, target, weight)

@@ -19,10 +19,7 @@ synthesized mask, so texture and mask fit exactly (no colour jitter). The transf
 stored mask first and must reproduce the requested mask bit for bit; otherwise, and for masks of unknown
 origin (Perlin, hand-made), the rescaled crop above is used. ``info["source"]`` is "matched" or "rescaled".
 
-Params: ``blend`` ("alpha" | "poisson" | "poisson-mixed" | "none"), ``feather`` (px, default 2),
-``context`` (px of surroundings kept around each crop, default 6), ``min_pixels`` (smallest component
-kept, default 9), ``jitter`` (colour jitter, default 0.05), ``max_scale`` (uniform scale clamp, 3.0),
-``match`` (use the matched paste when possible, default true).
+Settings: see `CropPasteGenerator.Settings` (defaults and ranges documented there).
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+from pydantic import Field
 
 from anoaug.data.io import load_image, load_mask
 from anoaug.generators.base import (
@@ -44,21 +42,13 @@ from anoaug.generators.base import (
     GenerationResult,
     Generator,
     GeneratorError,
-    checked_params,
+    GeneratorSettings,
     register,
 )
-from anoaug.generators.blending import BLEND_MODES, bbox, blend, seed_of
+from anoaug.generators.compositing import BlendMode, bbox, blend, seed_of
 from anoaug.masks.synthesis import AFFINE_PAD, affine_warp, split_components
+from anoaug.png import write_png
 
-DEFAULTS: dict[str, Any] = {
-    "blend": "alpha",
-    "feather": 2.0,
-    "context": 6,
-    "min_pixels": 9,
-    "jitter": 0.05,
-    "max_scale": 3.0,
-    "match": True,
-}
 CROPS_INDEX = "crops.json"
 SOURCES_INDEX = "sources.json"
 DEFAULT_SPLIT = {"gap": 3, "min_area": 8}  # MasksSection's defaults, for mask_params without "split"
@@ -100,11 +90,22 @@ class CropPasteGenerator(Generator):
 
     name = "crop-paste"
 
+    class Settings(GeneratorSettings):
+        """crop-paste settings."""
+
+        blend: BlendMode = Field("alpha", description="alpha feathering, Poisson (OpenCV seamlessClone) or none")
+        feather: float = Field(2.0, ge=0, description="alpha ramp half-width in px (blend alpha)")
+        context: int = Field(6, ge=0, description="px of surroundings kept around each stored crop")
+        min_pixels: int = Field(9, ge=1, description="smallest defect component kept as a crop (px)")
+        jitter: float = Field(0.05, ge=0, description="colour-jitter strength of rescaled crops")
+        max_scale: float = Field(3.0, ge=1, description="uniform crop scale clamped to [1/max_scale, max_scale]")
+        match: bool = Field(True, description="warp the mask's own source defect when the mask came from one")
+
+    settings: Settings
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(checked_params("crop-paste", DEFAULTS, params))
-        if self.params["blend"] not in BLEND_MODES:
-            raise GeneratorError(f"crop-paste: blend must be one of {BLEND_MODES}, got {self.params['blend']!r}")
-        j = float(self.params["jitter"])
+        super().__init__(params)
+        j = self.settings.jitter
         self._aug = A.Compose(
             [
                 A.HorizontalFlip(p=0.5),
@@ -124,8 +125,8 @@ class CropPasteGenerator(Generator):
             raise GeneratorError(f"crop-paste: category '{data.category}' has no generator-training defects")
         crop_dir = out_dir / "crops"
         crop_dir.mkdir(parents=True, exist_ok=True)
-        ctx = int(self.params["context"])
-        min_px = int(self.params["min_pixels"])
+        ctx = self.settings.context
+        min_px = self.settings.min_pixels
         src_dir = out_dir / "sources"
         src_dir.mkdir(parents=True, exist_ok=True)
         index, sources = [], []
@@ -137,8 +138,8 @@ class CropPasteGenerator(Generator):
                 box += [min(W, bx + bw + AFFINE_PAD), min(H, by + bh + AFFINE_PAD)]
                 name = f"{d_i:04d}"
                 patch = ex.image[box[1] : box[3], box[0] : box[2]]
-                _write_png(src_dir / f"{name}.png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
-                _write_png(src_dir / f"{name}_mask.png", ex.mask.astype(np.uint8) * 255)
+                write_png(src_dir / f"{name}.png", patch)
+                write_png(src_dir / f"{name}_mask.png", ex.mask)
                 sources.append({"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": box})
             n, labels, stats, _ = cv2.connectedComponentsWithStats(ex.mask.astype(np.uint8), connectivity=8)
             comps = [c for c in range(1, n) if stats[c, cv2.CC_STAT_AREA] >= min_px]
@@ -151,8 +152,8 @@ class CropPasteGenerator(Generator):
                 name = f"{d_i:04d}_{c:03d}"
                 crop = ex.image[y0:y1, x0:x1]
                 cmask = (labels[y0:y1, x0:x1] == c).astype(np.uint8) * 255
-                _write_png(crop_dir / f"{name}.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-                _write_png(crop_dir / f"{name}_mask.png", cmask)
+                write_png(crop_dir / f"{name}.png", crop)
+                write_png(crop_dir / f"{name}_mask.png", cmask)
                 index.append(
                     {"name": name, "defect_type": ex.defect_type, "relpath": ex.relpath, "box": [x0, y0, x1, y1]}
                 )
@@ -199,7 +200,7 @@ class CropPasteGenerator(Generator):
 
     def _one(self, req: GenerationRequest) -> GenerationResult:
         miss = None
-        if req.mask_params is not None and self.params["match"]:
+        if req.mask_params is not None and self.settings.match:
             matched = self._matched(req, req.mask_params)
             if isinstance(matched, GenerationResult):
                 return matched
@@ -252,7 +253,7 @@ class CropPasteGenerator(Generator):
         placed, valid = _place(req.normal, f_img, f_valid, tx - fx, ty - fy)
         src_img = np.where(valid[..., None], placed, req.normal)
         region = req.mask.astype(bool) & req.allowed
-        out, final, used = blend(req.normal, src_img, region, self.params["blend"], float(self.params["feather"]))
+        out, final, used = blend(req.normal, src_img, region, self.settings.blend, self.settings.feather)
         info = {
             "source": "matched",
             "crop_source": key,
@@ -297,7 +298,7 @@ class CropPasteGenerator(Generator):
         # Uniform scale: the crop's defect area becomes the synthesized mask's area.
         target_area = float(req.mask.sum())
         scale = float(np.sqrt(target_area / max(1.0, float(c_mask.sum()))))
-        max_s = float(self.params["max_scale"])
+        max_s = self.settings.max_scale
         scale = float(np.clip(scale, 1.0 / max_s, max_s))
         ch, cw = c_mask.shape
         nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
@@ -318,7 +319,7 @@ class CropPasteGenerator(Generator):
         if region.sum() < max(1, 0.1 * min(target_area, float(c_mask.sum()))):
             region = req.mask.astype(bool).copy()  # the crop fell off the object: paste through the request
             fallback = True
-        out, final, used = blend(req.normal, src, region, self.params["blend"], float(self.params["feather"]))
+        out, final, used = blend(req.normal, src, region, self.settings.blend, self.settings.feather)
         info = {
             "crop": crop.name,
             "crop_source": crop.relpath,
@@ -356,10 +357,3 @@ def _place(
     src[y0:y1, x0:x1] = c_img[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     region[y0:y1, x0:x1] = c_mask[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     return src, region
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover
-        raise GeneratorError("cannot encode PNG", path)
-    path.write_bytes(buf.tobytes())
