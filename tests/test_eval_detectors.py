@@ -77,6 +77,15 @@ def test_bad_params_are_spec_errors_naming_key_and_file(tmp_path: Path, params: 
         assert word in str(err.value)
 
 
+def test_the_error_names_the_file_that_sets_the_key(tmp_path: Path) -> None:
+    path = _spec_file(tmp_path, {"models": ["segmenter"]})
+    defaults = path.parent / "defaults.yaml"
+    defaults.write_text(yaml.safe_dump({"evaluation": {"params": {"padim": {"layerz": ["layer1"]}}}}))
+    with pytest.raises(SpecError) as err:
+        check_evaluation(load_spec(path))
+    assert str(err.value).startswith(f"{defaults}:") and "layerz" in str(err.value)
+
+
 def test_typed_params_reach_their_detectors(tmp_path: Path) -> None:
     params = {"patchcore": {"coreset_ratio": 0.25, "layers": ["layer3"]}, "padim": {"backbone": "resnet34"}}
     spec = load_spec(_spec_file(tmp_path, {"models": ["segmenter", "patchcore"], "params": params}))

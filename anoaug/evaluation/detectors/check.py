@@ -3,7 +3,7 @@
 ``evaluation.params`` maps a detector name to its settings (``{padim: {backbone: resnet18}}``), each
 validated by that detector's ``Settings``. The old flat keys (``padim_backbone``, ``draem_dtd_dir``, ...)
 still load, with a DeprecationWarning. Unknown detector names (in ``models`` or ``params``), unknown keys
-and image sizes a detector cannot take are ``SpecError``s naming the key and the spec file.
+and image sizes a detector cannot take are ``SpecError``s naming the key and the spec file that sets it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from anoaug.spec import PipelineSpec
 
 
-def _grouped_params(params: dict[str, Any], source: str | None) -> dict[str, dict[str, Any]]:
+def _grouped_params(spec: PipelineSpec, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``evaluation.params`` as ``{detector: {key: value}}``, deprecated flat keys moved under their detector."""
     names = DETECTORS.names()
     flat = {old: name for name in names for old in get_detector(name).renamed}
@@ -26,14 +26,15 @@ def _grouped_params(params: dict[str, Any], source: str | None) -> dict[str, dic
     for key, value in params.items():
         if key in names:
             if not isinstance(value, dict):
-                raise SpecError(f"evaluation.params.{key} must be a mapping of {key}'s settings", source)
+                where = spec.holder(("evaluation", "params", key))
+                raise SpecError(f"evaluation.params.{key} must be a mapping of {key}'s settings", where)
             grouped.setdefault(key, {}).update(value)
         elif key in flat:
             grouped.setdefault(flat[key], {})[key] = value
         else:
             raise SpecError(
                 f"evaluation.params: unknown detector '{key}' (params are keyed by detector: {', '.join(names)})",
-                source,
+                spec.holder(("evaluation", "params", key)),
             )
     return grouped
 
@@ -45,13 +46,13 @@ def check_evaluation(spec: PipelineSpec) -> dict[str, Settings]:
     ``evaluation.none_baseline`` when a model falls back to it in arms without defects.
     """
     cfg = spec.evaluation.for_profile(spec.profile)
-    source = spec.source
     names = DETECTORS.names()
     unknown = [m for m in cfg.models if m not in names]
     if unknown:
         listed = ", ".join(repr(m) for m in unknown)
-        raise SpecError(f"evaluation.models: unknown detector(s) {listed}; available: {', '.join(names)}", source)
-    grouped = _grouped_params(dict(cfg.params), source)
+        message = f"evaluation.models: unknown detector(s) {listed}; available: {', '.join(names)}"
+        raise SpecError(message, spec.holder(("evaluation", "models")))
+    grouped = _grouped_params(spec, dict(cfg.params))
     used: list[str] = list(dict.fromkeys(cfg.models))
     classes: dict[str, type[Detector]] = {m: get_detector(m) for m in used}
     if any(c.needs_defects == "fallback" for c in classes.values()) and cfg.none_baseline not in classes:
@@ -60,10 +61,12 @@ def check_evaluation(spec: PipelineSpec) -> dict[str, Settings]:
     for name in names:  # every detector's params are checked, also those of detectors not used now
         cls = get_detector(name)
         if name in grouped or name in classes:
-            s = validate_settings(cls.Settings, grouped.get(name), f"evaluation.params.{name}", source, cls.renamed)
+            loc = ("evaluation", "params", name) if name in cfg.params else ("evaluation", "params")
+            what = f"evaluation.params.{name}"
+            s = validate_settings(cls.Settings, grouped.get(name), what, spec.holder(loc), cls.renamed)
             if name in classes:
                 settings[name] = s
     problems = [p for cls in classes.values() for p in cls.check(cfg)]
     if problems:
-        raise SpecError("; ".join(problems), source)
+        raise SpecError("; ".join(problems), spec.holder(("evaluation", "image_size")))
     return settings
