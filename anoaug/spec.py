@@ -133,8 +133,9 @@ class EvaluationSection(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     models: list[str] = Field(
         default_factory=lambda: ["segmenter"],
-        description="segmenter, classifier (defect type, AC), supersimplenet (supervised), draem (anomalib DRÆM "
-        "with the arm's defect pairs as anomaly source; Perlin in 'none'), padim, patchcore (one-class baselines).",
+        description="Registered detectors (anoaug.evaluation.detectors): segmenter, classifier (defect type, AC), "
+        "supersimplenet (supervised), draem (anomalib DRÆM with the arm's defect pairs as anomaly source; Perlin in "
+        "'none'), padim, patchcore (one-class baselines). Unknown names are errors.",
     )
     image_size: int = Field(default=128, ge=16)
     epochs: int = Field(default=10, ge=1)
@@ -176,7 +177,18 @@ class EvaluationSection(Section):
         },
         description="Overrides applied to this section when the spec's profile is 'gpu'.",
     )
-    params: dict[str, Any] = Field(default_factory=dict)
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="Where the detectors train and predict: auto (CUDA when available, else CPU), cpu, cuda, "
+        "cuda:N or mps.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-detector settings, {<detector>: {key: value}} (e.g. {padim: {backbone: resnet18}}), "
+        "validated by each detector's Settings (anoaug.evaluation.detectors.check_evaluation). The old flat keys "
+        "(padim_backbone, draem_dtd_dir, ...) still load, with a DeprecationWarning.",
+    )
 
     def for_profile(self, profile: str) -> EvaluationSection:
         """This section with the `gpu` overrides applied when profile == 'gpu' (validated)."""

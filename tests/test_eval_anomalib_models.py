@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from anoaug.errors import AnoaugError
+from anoaug.errors import SpecError
 from anoaug.evaluation import run_evaluation
-from anoaug.evaluation.baselines import build_one_class, fit_predict_one_class
+from anoaug.evaluation.detectors import FitContext, get_detector
+from anoaug.evaluation.detectors.supersimplenet.lightning_model import build_supersimplenet
 from anoaug.evaluation.protocol import Sample
-from anoaug.evaluation.supervised_anomalib import build_supersimplenet, fit_predict_supersimplenet
-from anoaug.spec import spec_for_root
+from anoaug.spec import EvaluationSection, spec_for_root
 
 
 def _samples(n: int, size: int, seed: int) -> list[Sample]:
@@ -31,17 +31,19 @@ def _samples(n: int, size: int, seed: int) -> list[Sample]:
 @pytest.mark.parametrize("name", ["padim", "patchcore"])
 def test_one_class_random_init(name: str) -> None:
     torch.set_num_threads(1)
-    model = build_one_class(name, pre_trained=False, params={})
-    assert model.learning_type.value == "one_class"
-    normals = [s for s in _samples(8, 32, 0) if not s.label]
+    det = get_detector(name)()
+    assert det.uses_defects is False and det.build(pre_trained=False).learning_type.value == "one_class"
     test = _samples(6, 32, 1)
-    scores, maps = fit_predict_one_class(name, normals, test, False, 4, {})
-    assert scores.shape == (6,) and maps.shape == (6, 32, 32)
-    assert np.isfinite(scores).all() and np.isfinite(maps).all()
+    cfg = EvaluationSection(image_size=32, batch_size=4, pre_trained=False)
+    det.fit(_samples(8, 32, 0), FitContext(cfg, ["sq"]), seed=0)  # defects in the train set are ignored
+    pred = det.predict(test)
+    assert pred.scores.shape == (6,) and pred.maps.shape == (6, 32, 32)
+    assert np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
+    assert pred.info == {"implementation": f"anomalib {name}", "pre_trained": False}
 
 
 def test_supersimplenet_takes_a_backbone_module() -> None:
-    model, used = build_supersimplenet(supervised=True, pre_trained=False, params={})
+    model, used = build_supersimplenet(supervised=True, pre_trained=False)
     assert model.supervised and used is False
 
 
@@ -49,9 +51,12 @@ def test_supersimplenet_takes_a_backbone_module() -> None:
 def test_supersimplenet_supervised_trains_on_pairs() -> None:
     torch.set_num_threads(1)
     train, test = _samples(8, 128, 0), _samples(4, 128, 1)
-    scores, maps, used = fit_predict_supersimplenet(train, test, 1, 4, 0, False, {})
-    assert scores.shape == (4,) and maps.shape == (4, 128, 128) and not used
-    assert np.isfinite(maps).all()
+    det = get_detector("supersimplenet")()
+    det.fit(train, FitContext(EvaluationSection(image_size=128, epochs=1, batch_size=4), ["sq"]), seed=0)
+    pred = det.predict(test)
+    assert pred.scores.shape == (4,) and pred.maps.shape == (4, 128, 128)
+    assert pred.info == {"implementation": "anomalib supersimplenet (supervised=True)", "pretrained_used": False}
+    assert np.isfinite(pred.maps).all()
 
 
 def test_supersimplenet_size_guard(make_mvtec, tmp_path) -> None:  # noqa: ANN001
@@ -61,5 +66,5 @@ def test_supersimplenet_size_guard(make_mvtec, tmp_path) -> None:  # noqa: ANN00
     root = make_mvtec(tmp_path / "mvtec", defects={"dent": 3})
     data = read_category(root, "widget")
     spec = spec_for_root(root, "widget", evaluation={"image_size": 64, "models": ["supersimplenet"]})
-    with pytest.raises(AnoaugError, match="image_size"):
+    with pytest.raises(SpecError, match="image_size"):
         run_evaluation(spec, data, make_split(data, 0), {"none": None}, tmp_path / "run")

@@ -18,7 +18,8 @@ from anoaug.data.split import make_split
 from anoaug.errors import AnoaugError
 from anoaug.evaluation import LeakageError, SyntheticPair, run_evaluation
 from anoaug.evaluation.datasets import to_tensors
-from anoaug.evaluation.draem_shards import PairAugmenter, build_draem
+from anoaug.evaluation.detectors.draem.lightning_model import build_draem
+from anoaug.evaluation.detectors.draem.torch_model import PairAugmenter
 from anoaug.evaluation.protocol import Sample, load_synthetic
 from anoaug.report import Report, write_report
 from anoaug.spec import spec_for_root
@@ -56,7 +57,7 @@ def test_loss_gets_exactly_our_shard_masks(tmp_path: Path) -> None:
     pairs = _shard_pairs(tmp_path)
     shard_images, shard_masks, _ = to_tensors(pairs)
     torch.manual_seed(0)
-    model, source = build_draem(pairs, {}, flips=False)
+    model, source = build_draem(pairs, flips=False)
     assert isinstance(model.augmenter, PairAugmenter) and source == "pairs (synthetic, 3)"
     model.augmenter.probability = 1.0  # every image anomalous, so every mask must be one of ours
     seen: dict[str, tuple] = {}
@@ -99,7 +100,7 @@ def test_pair_augmenter_probability_and_flips(tmp_path: Path) -> None:
 
 def test_none_arm_keeps_perlin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # Draem's default dtd_dir is ./datasets/dtd: nothing may be made or fetched
-    model, source = build_draem([], {})
+    model, source = build_draem([])
     assert type(model.augmenter) is PerlinAnomalyGenerator and not model.augmenter.anomaly_source_paths
     assert source == "perlin (Perlin-noise textures (no DTD))"
     assert not (tmp_path / "datasets").exists()
@@ -113,7 +114,7 @@ def test_none_arm_keeps_perlin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     dtd = tmp_path / "dtd" / "banded"
     dtd.mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dtd / "t.jpg")
-    model, source = build_draem([], {"draem_dtd_dir": str(tmp_path / "dtd")})
+    model, source = build_draem([], str(tmp_path / "dtd"))
     assert source == "perlin (DTD textures)" and len(model.augmenter.anomaly_source_paths) == 1
 
 

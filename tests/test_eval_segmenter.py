@@ -7,9 +7,11 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 
+from anoaug.evaluation.detectors import FitContext, get_detector
+from anoaug.evaluation.detectors.segmenter.lightning_model import Segmenter
+from anoaug.evaluation.detectors.segmenter.torch_model import SegmenterModel
 from anoaug.evaluation.metrics import image_metrics, pixel_metrics
 from anoaug.evaluation.protocol import Sample
-from anoaug.evaluation.segmenter import Segmenter, SegmenterModel
 from anoaug.spec import EvaluationSection
 
 
@@ -37,17 +39,23 @@ def _square_samples(n: int, size: int, rng: np.random.Generator, start: int = 0)
     return out
 
 
+def _fit_predict(train: list[Sample], test: list[Sample], cfg: EvaluationSection, seed: int) -> tuple:
+    """The registered segmenter detector fitted on ``train``; (detector, scores, maps) on ``test``."""
+    det = get_detector("segmenter")()
+    det.fit(train, FitContext(cfg, ["square"], device="cpu"), seed)
+    pred = det.predict(test)
+    assert pred.info["implementation"].startswith("anoaug segmenter")
+    return det, pred.scores, pred.maps
+
+
 @pytest.mark.slow
 def test_segmenter_learns_bright_squares() -> None:
-    from anoaug.evaluation.runner import _predict_segmenter, _train_segmenter
-
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     train, test = _square_samples(24, 32, rng), _square_samples(12, 32, rng, start=100)
     cfg = EvaluationSection(image_size=32, epochs=6, batch_size=8, widths=[8, 16], lr=1e-2)
-    model = _train_segmenter(train, cfg, seed=0)
-    assert isinstance(model, Segmenter)
-    scores, maps = _predict_segmenter(model, test, batch_size=8)
+    det, scores, maps = _fit_predict(train, test, cfg, seed=0)
+    assert isinstance(det.model, Segmenter)
     labels = np.array([s.label for s in test])
     assert image_metrics(scores, labels)["image_auroc"] > 0.9
     assert pixel_metrics(maps, np.stack([s.mask for s in test]))["pixel_auroc"] > 0.9
@@ -82,8 +90,6 @@ def test_segmenter_trains_on_every_seed() -> None:
     """Regression: with a random head bias, seed 2 of this short schedule stayed at p ~ 0.5 everywhere
     (pixel AUROC 0.73, every seed's maps at 0.23-0.48). Each seed must localise the spots and
     keep normal images near zero."""
-    from anoaug.evaluation.runner import _predict_segmenter, _train_segmenter
-
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     train, test = _faint_spots(24, rng), _faint_spots(16, rng, start=100)
@@ -91,7 +97,7 @@ def test_segmenter_trains_on_every_seed() -> None:
     normal = np.array([not s.label for s in test])
     cfg = EvaluationSection(image_size=32, epochs=4, steps_per_epoch=30, batch_size=8, widths=[8, 16])
     for seed in (0, 1, 2):
-        _, maps = _predict_segmenter(_train_segmenter(train, cfg, seed), test, batch_size=8)
+        _, _, maps = _fit_predict(train, test, cfg, seed)
         assert pixel_metrics(maps, masks, aupro=False)["pixel_auroc"] > 0.9, seed
         assert float(maps[normal].mean()) < 0.05, seed
 
@@ -107,7 +113,7 @@ def test_gpu_profile_overrides() -> None:
 
 def test_precision_setting_resolves_to_lightning_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     import anoaug.cpu
-    from anoaug.evaluation.runner import lightning_precision
+    from anoaug.evaluation.datasets import lightning_precision
 
     assert lightning_precision("32") == "32-true" and lightning_precision("bf16") == "bf16-mixed"
     monkeypatch.setattr(anoaug.cpu, "native_bf16", lambda: False)

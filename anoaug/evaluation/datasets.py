@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 
 import cv2
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 from anomalib.data import ImageBatch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from anoaug.device import lightning_accelerator
 from anoaug.evaluation.protocol import Sample
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -79,14 +81,35 @@ def balanced_loader(
     return DataLoader(PairDataset(samples, flips), batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
 
+def normalising(collate: Callable[[list], ImageBatch]) -> Callable[[list], ImageBatch]:
+    """Wrap a collate function to apply ImageNet normalisation (what anomalib backbones expect)."""
+
+    def wrapped(items: list) -> ImageBatch:
+        batch = collate(items)
+        batch.image = (batch.image - IMAGENET_MEAN) / IMAGENET_STD
+        return batch
+
+    return wrapped
+
+
 def plain_loader(samples: list[Sample], batch_size: int, targets: list[int] | None = None) -> DataLoader:
     return DataLoader(PairDataset(samples, False, targets), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def make_trainer(epochs: int, precision: str = "32-true") -> L.Trainer:
-    """A CPU Lightning trainer with a fixed schedule: no validation, no checkpoint selection, no logger.
+def lightning_precision(setting: str) -> str:
+    """The segmenter's Lightning precision for the spec's ``evaluation.precision``."""
+    from anoaug.cpu import native_bf16
 
-    ``precision``: Lightning's setting, e.g. ``bf16-mixed`` (autocast) or ``32-true``."""
+    bf16 = setting == "bf16" or (setting == "auto" and native_bf16())
+    return "bf16-mixed" if bf16 else "32-true"
+
+
+def make_trainer(epochs: int, precision: str = "32-true", device: str = "auto") -> L.Trainer:
+    """A Lightning trainer with a fixed schedule: no validation, no checkpoint selection, no logger.
+
+    ``precision``: Lightning's setting, e.g. ``bf16-mixed`` (autocast) or ``32-true``. ``device``: the
+    ``evaluation.device`` setting (auto | cpu | cuda | cuda:N | mps), resolved by ``anoaug.device``."""
+    accelerator, devices = lightning_accelerator(device)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -100,8 +123,8 @@ def make_trainer(epochs: int, precision: str = "32-true") -> L.Trainer:
     warnings.filterwarnings("ignore", message=".*infer the `batch_size`.*")
     return L.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
+        accelerator=accelerator,
+        devices=devices,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

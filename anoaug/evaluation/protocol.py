@@ -14,7 +14,6 @@ synthetic sample's metadata names an evaluation image as its source.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -140,35 +139,14 @@ def load_rows(data: CategoryData, rows: list[dict]) -> list[Sample]:
     return out
 
 
-def _iter_tar_shards(shard_dir: Path) -> Iterator[SyntheticPair]:
-    """Fallback reader for webdataset tars (``__key__``, ``png``, ``mask.png``, ``json``).
-
-    Used only when ``anoaug.shards`` is not installed; the shard package's reader is preferred.
-    """
-    import webdataset as wds
-    from PIL import Image
-
-    tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
-    if not tars:
-        raise AnoaugError("no .tar shards found", shard_dir)
-    for s in wds.WebDataset(tars, shardshuffle=False, empty_check=False):
-        meta = json.loads(s["json"]) if "json" in s else {}
-        img = np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB"))
-        mask = np.asarray(Image.open(io.BytesIO(s["mask.png"])).convert("L")) >= 128
-        yield SyntheticPair(img, mask, str(meta.get("defect_type", "")), s["__key__"], meta)
-
-
 def iter_synthetic(source: Path | Iterable[SyntheticPair]) -> Iterator[SyntheticPair]:
     """Pairs of a synthetic source: a shard directory or any iterable of SyntheticPair/tuples."""
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_dir():
             raise AnoaugError("shard directory does not exist", path)
-        try:
-            from anoaug.shards.reader import iter_samples
-        except ImportError:
-            yield from _iter_tar_shards(path)
-            return
+        from anoaug.shards.reader import iter_samples
+
         for s in iter_samples(path):
             yield SyntheticPair(s.image, s.mask, str(s.meta.get("defect_type", "")), s.key, dict(s.meta))
         return
@@ -178,6 +156,34 @@ def iter_synthetic(source: Path | Iterable[SyntheticPair]) -> Iterator[Synthetic
         else:
             img, mask, dtype = item[:3]
             yield SyntheticPair(np.asarray(img), np.asarray(mask, bool), str(dtype), f"{i:06d}")
+
+
+def read_generation_record(source: Any) -> dict[str, Any]:
+    """Which generator made a synthetic source: ``generator``, ``variant`` and ``generator_params``.
+
+    For a shard directory, from its generation record (``run.json`` of ``anoaug generate``; a record
+    without ``variant`` is from before variants: null). An in-memory source, or a directory without a
+    record, gives ``{}``: the caller falls back to the arm's own generator name.
+    """
+    if not isinstance(source, str | Path):
+        return {}
+    from anoaug.shards.format import RUN_FILE
+
+    path = Path(source) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AnoaugError(f"unreadable generation record: {exc}", path) from None
+    if not isinstance(record, dict) or not isinstance(record.get("generator"), str):
+        raise AnoaugError("not a generation record (no 'generator')", path)
+    params = record.get("generator_params")
+    return {
+        "generator": record["generator"],
+        "variant": record.get("variant"),
+        "generator_params": params if isinstance(params, dict) else {},
+    }
 
 
 def load_synthetic(

@@ -1,4 +1,4 @@
-"""Run the downstream comparison: arms x seeds x models, writing metrics and predictions per run.
+"""Run the downstream comparison: seeds x detectors x arms, writing metrics and predictions per run.
 
 Layout of ``out_dir`` (read by ``anoaug.report``; documented in ``anoaug/report/SCHEMA.md``)::
 
@@ -6,6 +6,9 @@ Layout of ``out_dir`` (read by ``anoaug.report``; documented in ``anoaug/report/
     runs/<model>/<arm>/seed<k>/metrics.json   one run's metrics
     runs/<model>/<arm>/seed<k>/predictions.npz  scores, labels, anomaly maps (or class predictions)
     samples/<arm>.npz, samples/real.npz       a few training pairs per arm and held-out real defects
+
+Every model is a registered detector (``anoaug.evaluation.detectors``): the loop below only calls its
+interface, and one path turns every prediction into metrics and files (``anoaug.evaluation.results``).
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
 from anoaug.atomic import atomic_write_text
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
+from anoaug.device import resolve_device
 from anoaug.errors import AnoaugError, ManifestError
-from anoaug.evaluation.baselines import ONE_CLASS_MODELS, fit_predict_one_class
-from anoaug.evaluation.classifier import train_and_test_classifier
-from anoaug.evaluation.datasets import balanced_loader, make_trainer, plain_loader, resize_sample
-from anoaug.evaluation.draem_shards import DRAEM_MIN_SIZE, DRAEM_SIZE_MULTIPLE, fit_predict_draem
-from anoaug.evaluation.metrics import classification_metrics, image_metrics, pixel_metrics
+from anoaug.evaluation.datasets import lightning_precision, resize_sample
+from anoaug.evaluation.detectors import (
+    FitContext,
+    Prediction,
+    available_detectors,
+    check_evaluation,
+    get_detector,
+)
 from anoaug.evaluation.protocol import (
+    NONE_ARM,
     Arm,
     Protocol,
     Sample,
@@ -38,15 +45,15 @@ from anoaug.evaluation.protocol import (
     load_rows,
     load_synthetic,
     parse_arm,
+    read_generation_record,
     source_for,
 )
-from anoaug.evaluation.segmenter import Segmenter
-from anoaug.evaluation.supervised_anomalib import fit_predict_supersimplenet
-from anoaug.spec import EvaluationSection, PipelineSpec
+from anoaug.evaluation.results import prediction_metrics, save_npz, save_prediction
+from anoaug.registry import Settings
+from anoaug.spec import PipelineSpec
 
 RUN_SCHEMA_VERSION = "1"
-MODELS = ("segmenter", "classifier", "supersimplenet", "draem", *ONE_CLASS_MODELS)
-SSN_MIN_SIZE = 128  # anomalib's feature-space Perlin generator fails on smaller feature maps
+MODELS = tuple(available_detectors())  # the detectors registered at import (built-in + entry points)
 Progress = Callable[[str], None]
 
 
@@ -75,52 +82,6 @@ def generation_quality_status() -> dict[str, Any]:
     return {"computed": False, "feature_weights_found": inception + lpips, "note": note}
 
 
-def _train_segmenter(train: list[Sample], cfg: EvaluationSection, seed: int) -> Segmenter:
-    L.seed_everything(seed, verbose=False)
-    model = Segmenter(cfg.widths, cfg.lr, cfg.focal_weight, cfg.dice_weight, cfg.epochs)
-    draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else None
-    loader = balanced_loader(train, cfg.batch_size, seed, num_samples=draws)
-    make_trainer(cfg.epochs, lightning_precision(cfg.precision)).fit(model, train_dataloaders=loader)
-    return model.eval()
-
-
-def lightning_precision(setting: str) -> str:
-    """The segmenter's Lightning precision for the spec's ``evaluation.precision``."""
-    from anoaug.cpu import native_bf16
-
-    bf16 = setting == "bf16" or (setting == "auto" and native_bf16())
-    return "bf16-mixed" if bf16 else "32-true"
-
-
-def _predict_segmenter(model: Segmenter, eval_set: list[Sample], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    scores, maps = [], []
-    with torch.no_grad():
-        for batch in plain_loader(eval_set, batch_size):
-            out = model.model(batch.image)
-            scores.append(out.pred_score)
-            maps.append(out.anomaly_map)
-    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
-
-
-def _ad_metrics(scores: np.ndarray, maps: np.ndarray, eval_set: list[Sample]) -> dict[str, float]:
-    labels = np.array([s.label for s in eval_set])
-    masks = np.stack([s.mask for s in eval_set])
-    return {**image_metrics(scores, labels), **pixel_metrics(maps, masks)}
-
-
-def _save_ad(run_dir: Path, scores: np.ndarray, maps: np.ndarray, eval_set: list[Sample]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        run_dir / "predictions.npz",
-        ids=np.array([s.id for s in eval_set]),
-        defect_types=np.array([s.defect_type for s in eval_set]),
-        labels=np.array([s.label for s in eval_set], np.int8),
-        scores=scores.astype(np.float32),
-        maps=maps.astype(np.float16),
-        masks=np.stack([s.mask for s in eval_set]),
-    )
-
-
 def _save_samples(path: Path, samples: list[Sample], per_type: int = 4) -> None:
     chosen: list[Sample] = []
     counts: dict[str, int] = {}
@@ -130,14 +91,43 @@ def _save_samples(path: Path, samples: list[Sample], per_type: int = 4) -> None:
             chosen.append(s)
     if not chosen:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
+    save_npz(
         path,
         ids=np.array([s.id for s in chosen]),
         defect_types=np.array([s.defect_type for s in chosen]),
         images=np.stack([s.image for s in chosen]),
         masks=np.stack([s.mask for s in chosen]),
     )
+
+
+class _ArmData:
+    """The protocol's samples, resized once per image size a detector asks for."""
+
+    def __init__(self, normals: list[Sample], defects: dict[str, list[Sample]], eval_set: list[Sample]) -> None:
+        self.normals, self.defects, self.eval_set = normals, defects, eval_set
+        self._sized: dict[int, tuple[list[Sample], dict[str, list[Sample]], list[Sample]]] = {}
+
+    def at(self, size: int) -> tuple[list[Sample], dict[str, list[Sample]], list[Sample]]:
+        """(normals, defects per arm, evaluation samples) at size x size."""
+        if size not in self._sized:
+            self._sized[size] = (
+                [resize_sample(s, size) for s in self.normals],
+                {arm: [resize_sample(s, size) for s in d] for arm, d in self.defects.items()},
+                [resize_sample(s, size) for s in self.eval_set],
+            )
+        return self._sized[size]
+
+
+def _arm_generator(arm: Arm, source: Any) -> dict[str, Any]:
+    """run.json's generator fields of an arm: registered name, variant, params (from the shard record)."""
+    if arm.generator is None:
+        return {"generator": None, "variant": None, "generator_params": None}
+    record = read_generation_record(source)
+    return {
+        "generator": record.get("generator", arm.generator),
+        "variant": record.get("variant"),
+        "generator_params": record.get("generator_params", {}),
+    }
 
 
 def run_evaluation(
@@ -149,30 +139,23 @@ def run_evaluation(
     seeds: list[int] | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Train every model of ``spec.evaluation.models`` for every arm and seed; write results to out_dir.
+    """Train every detector of ``spec.evaluation.models`` for every arm and seed; write results to out_dir.
 
     ``arm_sources`` maps arm name -> synthetic source (a shard directory, or any iterable of
     ``SyntheticPair`` / ``(image, mask, defect_type)``) for generator arms, None for ``none`` and
-    ``real-few``; its keys are the arms that run, in order. Raises ``LeakageError`` if an evaluation
-    image reaches a training set. Returns ``out_dir``.
+    ``real-few``; its keys are the arms that run, in order. Raises ``SpecError`` for a bad evaluation
+    section (``check_evaluation``) and ``LeakageError`` if an evaluation image reaches a training set,
+    both before any training. Returns ``out_dir``.
     """
     say = progress or (lambda _msg: None)
+    settings: dict[str, Settings] = check_evaluation(spec)
     cfg = spec.evaluation.for_profile(spec.profile)
     seeds = list(seeds if seeds is not None else cfg.seeds)
-    unknown = [m for m in cfg.models if m not in MODELS]
-    if unknown:
-        raise AnoaugError(f"unknown evaluation model(s) {unknown}; known: {list(MODELS)}")
-    if "supersimplenet" in cfg.models and cfg.image_size < SSN_MIN_SIZE:
-        raise AnoaugError(f"supersimplenet needs evaluation.image_size >= {SSN_MIN_SIZE} (got {cfg.image_size})")
-    if "draem" in cfg.models and (cfg.image_size < DRAEM_MIN_SIZE or cfg.image_size % DRAEM_SIZE_MULTIPLE):
-        raise AnoaugError(
-            f"draem needs evaluation.image_size >= {DRAEM_MIN_SIZE} and a multiple of {DRAEM_SIZE_MULTIPLE} "
-            f"(got {cfg.image_size})"
-        )
     if not arm_sources:
         raise AnoaugError("no arms to evaluate")
     if split.category != data.category:
         raise ManifestError(f"split manifest is for category {split.category!r}, data is {data.category!r}")
+    device = str(resolve_device(cfg.device))
     torch.set_num_threads(cfg.num_threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +184,9 @@ def run_evaluation(
     train_sets = {arm.name: train_normal + train_defects(arm) for arm in arms}
     sizes = check_no_leakage(eval_set, train_sets)  # raises LeakageError
 
+    samples = _ArmData(train_normal, {arm.name: train_defects(arm) for arm in arms}, eval_set)
     size = cfg.image_size
-    eval_r = [resize_sample(s, size) for s in eval_set]
-    normal_r = [resize_sample(s, size) for s in train_normal]
-    defects_r = {arm.name: [resize_sample(s, size) for s in train_defects(arm)] for arm in arms}
+    _, defects_r, eval_r = samples.at(size)
 
     arm_info = []
     for arm in arms:
@@ -215,7 +197,7 @@ def run_evaluation(
         arm_info.append(
             {
                 "name": arm.name,
-                "generator": arm.generator,
+                **_arm_generator(arm, source_for(arm, arm_sources)),
                 "use_real": arm.use_real,
                 "source": str(src) if isinstance(src, str | Path) else (None if src is None else "in-memory"),
                 "train_size": sizes[arm.name],
@@ -245,6 +227,7 @@ def run_evaluation(
         "seeds": seeds,
         "models": cfg.models,
         "config": cfg.model_dump(mode="json"),
+        "detector_settings": {name: s.model_dump(mode="json") for name, s in settings.items()},
         "segmenter_precision": lightning_precision(cfg.precision),  # as resolved on this machine
         "pre_trained": cfg.pre_trained,
         "none_arm": (
@@ -252,120 +235,73 @@ def run_evaluation(
             f"one-class anomalib model '{cfg.none_baseline}' (pre_trained={cfg.pre_trained}) trained on the "
             f"same normal images at the same size. Gains over 'none' therefore compare supervised training "
             f"on the arm's defects with the one-class baseline; gains over 'real-few' compare like with like."
-            + (
-                " DRÆM ('draem') keeps anomalib's Perlin anomalies in 'none' (Perlin-noise textures unless "
-                "params.draem_dtd_dir names a local DTD); in the other arms its anomalies are the arm's defect "
-                "pairs, pasted under their masks onto normal training images, so gains over 'none' are Perlin vs ours."
-                if "draem" in cfg.models
-                else ""
-            )
+            + "".join(get_detector(m).none_arm_note for m in dict.fromkeys(cfg.models))
         ),
         "generation_quality": generation_quality_status(),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu"},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": device},
         "status": "running",
     }
     _json_dump(run_meta, out_dir / "run.json")
 
     runs_dir = out_dir / "runs"
-    one_class_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    one_class_cache: dict[tuple[str, int], tuple[Prediction, list[Sample]]] = {}
 
-    def one_class(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def fit_predict(name: str, arm: Arm | None, seed: int) -> tuple[Prediction, list[Sample]]:
+        """Fit detector ``name`` on the normals + the arm's defects (normals only for None); predict."""
+        cls = get_detector(name)
+        normals, defects, evals = samples.at(cls.image_size(cfg))
+        detector = cls(settings[name])
+        train = normals + (defects[arm.name] if arm is not None else [])
+        detector.fit(train, FitContext(cfg, defect_types, device), seed)
+        return detector.predict(evals), evals
+
+    def one_class(name: str, seed: int) -> tuple[Prediction, list[Sample]]:
+        """A one-class model's prediction (normals only): fitted once per seed, shared by the fallbacks."""
         if (name, seed) not in one_class_cache:
-            L.seed_everything(seed, verbose=False)
-            one_class_cache[name, seed] = fit_predict_one_class(
-                name, normal_r, eval_r, cfg.pre_trained, cfg.batch_size, cfg.params
-            )
+            one_class_cache[name, seed] = fit_predict(name, None, seed)
         return one_class_cache[name, seed]
 
-    def record(model: str, arm: str, seed: int, metrics: dict[str, Any], extra: dict[str, Any], t0: float) -> None:
+    def record(name: str, arm: str, seed: int, pred: Prediction, evals: list[Sample], t0: float) -> None:
+        task = get_detector(name).task
+        run_dir = runs_dir / name / arm / f"seed{seed}"
+        save_prediction(run_dir, task, pred, evals)
+        metrics, extra = prediction_metrics(task, pred, evals, defect_types, name)
         _json_dump(
             {
-                "model": model,
+                "model": name,
                 "arm": arm,
                 "seed": seed,
                 "category": data.category,
                 "metrics": metrics,
                 "seconds": round(time.time() - t0, 2),
+                **pred.info,
                 **extra,
             },
-            runs_dir / model / arm / f"seed{seed}" / "metrics.json",
+            run_dir / "metrics.json",
         )
 
     for seed in seeds:
-        for model_name in cfg.models:
-            if model_name in ONE_CLASS_MODELS:
+        for name in cfg.models:
+            cls = get_detector(name)
+            if not cls.uses_defects:
                 t0 = time.time()
-                say(f"seed {seed}: {model_name} (one-class, normals only)")
-                scores, maps = one_class(model_name, seed)
-                _save_ad(runs_dir / model_name / "none" / f"seed{seed}", scores, maps, eval_r)
-                impl = {"implementation": f"anomalib {model_name}", "pre_trained": cfg.pre_trained}
-                record(model_name, "none", seed, _ad_metrics(scores, maps, eval_r), impl, t0)
+                say(f"seed {seed}: {name} (one-class, normals only)")
+                record(name, NONE_ARM, seed, *one_class(name, seed), t0)
                 continue
             for arm in arms:
                 t0 = time.time()
-                run_dir = runs_dir / model_name / arm.name / f"seed{seed}"
-                if model_name == "segmenter":
-                    if not arm.has_defects:
-                        say(f"seed {seed}: segmenter/{arm.name} -> one-class {cfg.none_baseline}")
-                        scores, maps = one_class(cfg.none_baseline, seed)
-                        impl = {"implementation": f"anomalib {cfg.none_baseline} (one-class fallback)"}
-                    else:
-                        say(f"seed {seed}: segmenter/{arm.name} ({len(defects_r[arm.name])} defect pairs)")
-                        seg = _train_segmenter(normal_r + defects_r[arm.name], cfg, seed)
-                        scores, maps = _predict_segmenter(seg, eval_r, cfg.batch_size)
-                        impl = {"implementation": "anoaug segmenter (U-Net, focal + dice)"}
-                    _save_ad(run_dir, scores, maps, eval_r)
-                    record(model_name, arm.name, seed, _ad_metrics(scores, maps, eval_r), impl, t0)
-                elif model_name == "supersimplenet":
-                    say(f"seed {seed}: supersimplenet/{arm.name} (supervised={arm.has_defects})")
-                    scores, maps, used = fit_predict_supersimplenet(
-                        normal_r + defects_r[arm.name], eval_r, cfg.epochs, cfg.batch_size, seed,
-                        cfg.pre_trained, cfg.params, cfg.steps_per_epoch,
-                    )  # fmt: skip
-                    impl = {
-                        "implementation": f"anomalib supersimplenet (supervised={arm.has_defects})",
-                        "pretrained_used": used,
-                    }
-                    _save_ad(run_dir, scores, maps, eval_r)
-                    record(model_name, arm.name, seed, _ad_metrics(scores, maps, eval_r), impl, t0)
-                elif model_name == "draem":
-                    say(f"seed {seed}: draem/{arm.name} ({len(defects_r[arm.name])} defect pairs, else Perlin)")
-                    scores, maps, source = fit_predict_draem(
-                        normal_r, defects_r[arm.name], eval_r, cfg.epochs, cfg.batch_size, seed, cfg.params
-                    )
-                    impl = {"implementation": f"anomalib draem (anomalies: {source})", "anomaly_source": source}
-                    _save_ad(run_dir, scores, maps, eval_r)
-                    record(model_name, arm.name, seed, _ad_metrics(scores, maps, eval_r), impl, t0)
-                elif model_name == "classifier":
-                    if not arm.has_defects:
-                        continue  # no defect examples: nothing to learn types from
-                    say(f"seed {seed}: classifier/{arm.name}")
-                    csize = cfg.classifier_image_size
-                    train = [resize_sample(s, csize) for s in train_defects(arm)]
-                    test = [resize_sample(s, csize) for s in eval_set if s.label]
-                    pred, true, used = train_and_test_classifier(
-                        train,
-                        test,
-                        defect_types,
-                        cfg.classifier_epochs,
-                        cfg.batch_size,
-                        seed,
-                        cfg.lr,
-                        cfg.pre_trained,
-                    )
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(
-                        run_dir / "predictions.npz", ids=np.array([s.id for s in test]), pred=pred, true=true
-                    )
-                    cm = classification_metrics(pred, true, defect_types)
-                    record(
-                        model_name,
-                        arm.name,
-                        seed,
-                        {"ac_accuracy": cm.pop("ac_accuracy")},
-                        {"implementation": "torchvision resnet18", "pretrained_used": used, **cm},
-                        t0,
-                    )
+                if not arm.has_defects and cls.needs_defects == "skip":
+                    continue  # e.g. no defect examples: nothing to learn types from
+                if not arm.has_defects and cls.needs_defects == "fallback":
+                    say(f"seed {seed}: {name}/{arm.name} -> one-class {cfg.none_baseline}")
+                    base, evals = one_class(cfg.none_baseline, seed)
+                    info = {"implementation": f"anomalib {cfg.none_baseline} (one-class fallback)"}
+                    record(name, arm.name, seed, Prediction(scores=base.scores, maps=base.maps, info=info), evals, t0)
+                    continue
+                n = len(train_defects(arm))
+                say(f"seed {seed}: {name}/{arm.name} ({n} defect pairs{'' if n else ', one-class'})")
+                pred, evals = fit_predict(name, arm, seed)
+                record(name, arm.name, seed, pred, evals, t0)
     run_meta["status"] = "complete"
     run_meta["seconds"] = round(time.time() - t_start, 1)
     _json_dump(run_meta, out_dir / "run.json")

@@ -18,7 +18,7 @@ from anomalib.data import Batch
 from anomalib.models.components import AnomalibModule
 from torchvision.ops import sigmoid_focal_loss
 
-from anoaug.evaluation.segmenter.torch_model import SegmenterModel
+from anoaug.evaluation.detectors.segmenter.torch_model import SegmenterModel
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
