@@ -46,10 +46,10 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
     when it exists (checked against the data), else a fresh split in memory."""
     from anoaug.data.formats import read_category
     from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
-    from anoaug.pipeline.config import check_producers
+    from anoaug.pipeline.config import check_spec
     from anoaug.spec import resolve_spec
 
-    spec = check_producers(resolve_spec(spec_or_root, category), arms=False)
+    spec = check_spec(resolve_spec(spec_or_root, category), arms=False)
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
     default = default_split_path(data.dataset, data.category, spec.seed)
     if split is not None:
@@ -117,10 +117,10 @@ def spec_show(
 
     import yaml
 
-    from anoaug.pipeline.config import check_producers
+    from anoaug.pipeline.config import check_spec
     from anoaug.spec import load_spec
 
-    s = check_producers(load_spec(spec), arms=False)
+    s = check_spec(load_spec(spec), arms=False)
     data = s.model_dump(mode="json")
     if as_json:
         print(json.dumps(data, indent=2))

@@ -18,7 +18,7 @@ from prefect.context import TaskRunContext
 
 from anoaug.errors import AnoaugError
 from anoaug.pipeline import stages
-from anoaug.pipeline.config import check_producers, prepare_spec
+from anoaug.pipeline.config import check_spec, prepare_spec
 from anoaug.pipeline.fingerprint import fingerprint
 from anoaug.pipeline.run_manifest import build_run_manifest, write_run_manifest
 from anoaug.pipeline.stages import StageError, StageResult
@@ -173,7 +173,7 @@ def resolve_spec_param(
         data = {k: v for k, v in spec.items() if k != "source"}
         s = PipelineSpec.model_validate(data)
         s.source = spec.get("source")
-        return check_producers(s)
+        return check_spec(s)
     return prepare_spec(spec, profile=profile, seed=seed, generator=generator, sets=sets)
 
 

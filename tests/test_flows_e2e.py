@@ -92,11 +92,22 @@ def test_changed_generator_setting_reruns_generation_and_downstream_only(out: Pa
         assert new[stage]["fingerprint"] != old[stage]["fingerprint"], stage
 
 
-def test_failing_stage_exits_nonzero_naming_stage_and_cause(out: Path, demo_root: Path) -> None:
+def test_bad_generator_param_stops_before_any_stage(out: Path, demo_root: Path) -> None:
+    before = _stage_mtimes(out)
     code, text = _run(out, demo_root, "--set", "generator.params.no_such_param=1")
+    assert code == 2
+    flat = " ".join(text.split())
+    assert "no_such_param" in flat and "cutpaste" in flat and "stage '" not in flat
+    assert _stage_mtimes(out) == before  # checked when the spec loads: nothing ran
+
+
+def test_failing_stage_exits_nonzero_naming_stage_and_cause(out: Path, demo_root: Path, tmp_path: Path) -> None:
+    not_an_artifact = tmp_path / "no-artifact"
+    not_an_artifact.mkdir()
+    code, text = _run(out, demo_root, "--set", f"generator.artifact={not_an_artifact}")
     assert code != 0
     flat = " ".join(text.split())
-    assert "stage 'generate:cutpaste' failed" in flat and "no_such_param" in flat
+    assert "stage 'generate:cutpaste' failed" in flat and "not a generator artifact" in flat
     assert (out / "demo" / "cap" / "generate" / "cutpaste" / "error.log").is_file()
 
 

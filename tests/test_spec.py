@@ -179,16 +179,16 @@ def test_cli_spec_show_checks_variants(tmp_path: Path) -> None:
 
 def test_generator_params_checked_at_load_name_key_and_file(tmp_path: Path) -> None:
     """A typo in a variant's or the spec generator's params stops the run before any stage, naming both."""
-    from anoaug.pipeline.config import check_producers
+    from anoaug.pipeline.config import check_spec
 
     bad_variant = "dataset: {category: c1}\nvariants: {v1: {generator: perlin, params: {opacityy: 1}}}\n"
     path = _write(tmp_path / "a", "dataset: {name: ds}\n", bad_variant)
     with pytest.raises(SpecError) as err:
-        check_producers(load_spec(path))
+        check_spec(load_spec(path))
     assert "opacityy" in str(err.value) and "perlin" in str(err.value) and str(path) in str(err.value)
     bad_gen = "dataset: {category: c1}\ngenerator: {name: cutpaste, params: {jitterr: 0.1}}\n"
     path = _write(tmp_path / "b", "dataset: {name: ds}\n", bad_gen)
     with pytest.raises(SpecError, match="jitterr"):
-        check_producers(load_spec(path))
+        check_spec(load_spec(path))
     result = CliRunner().invoke(app, ["spec", "show", str(path), "--json"])
     assert result.exit_code == 2 and "jitterr" in result.output

@@ -100,20 +100,24 @@ def prepare_spec(
         known = available_generators()
         if generator not in known and generator not in spec.variants:
             raise SpecError(f"unknown generator {generator!r}; available: {', '.join(known) or 'none'}")
-    return check_producers(spec)
+    return check_spec(spec)
 
 
-def check_producers(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
-    """``spec`` after ``PipelineSpec.check_producers`` against the installed generators (variant names and
-    generators; with ``arms`` also the arms, which a run generates, while `anoaug evaluate` may take shards
-    made elsewhere), and the params of the spec's generator and of every variant against their typed settings.
-    Here, not in anoaug.spec: the generator registry imports the spec module."""
+def check_spec(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
+    """``spec`` after every check that needs the registries, so a typo stops a command before any work:
+    variant names and generators (``PipelineSpec.check_producers``; with ``arms`` also the arms, which a run
+    generates, while `anoaug evaluate` may take shards made elsewhere), the params of the spec's generator
+    and of every variant against their typed settings, and the evaluation's detectors and their params.
+    Each error is a SpecError naming the key and the spec file. Here, not in anoaug.spec: the registries
+    import the spec module."""
+    from anoaug.evaluation.detectors import check_evaluation
     from anoaug.generators import available_generators, check_generator_params
 
     spec.check_producers(available_generators(), arms=arms)
     for name, variant in spec.variants.items():
         check_generator_params(variant.generator, variant.params, spec.holder(("variants", name)))
     check_generator_params(spec.generator.name, spec.generator.params, spec.holder(("generator",)))
+    check_evaluation(spec)
     return spec
 
 
