@@ -10,6 +10,7 @@ from any module, or are found through the Python entry-point group ``anoaug.<kin
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from anoaug.errors import AnoaugError, SpecError
 
 T = TypeVar("T")
+PLUGINS_ENV = "ANOAUG_PLUGINS"
 
 
 class Settings(BaseModel):
@@ -47,6 +49,7 @@ class Registry(Generic[T]):
         return cls
 
     def _load(self) -> None:
+        load_plugin_modules()
         if self._loaded:
             return
         self._loaded = True
@@ -73,6 +76,16 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._classes
+
+
+def load_plugin_modules() -> None:
+    """Import every module named in ``$ANOAUG_PLUGINS`` (once each; Python caches imports). A module that
+    cannot be imported is an error naming it: the user asked for it explicitly."""
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise AnoaugError(f"${PLUGINS_ENV} names module '{module}', which cannot be imported: {exc}") from None
 
 
 def validate_settings(

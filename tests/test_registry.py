@@ -53,3 +53,21 @@ def test_renamed_keys_load_with_a_warning() -> None:
         s = validate_settings(_ToySettings, {"n": 7}, "widget toy", renamed={"n": "steps"})
     assert s.steps == 7
     assert any(issubclass(w.category, DeprecationWarning) and "'n'" in str(w.message) for w in caught)
+
+
+def test_plugins_env_imports_modules_and_names_a_missing_one(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "anoaug_toy_plugin.py").write_text(
+        "from anoaug.registry import Registry\nREG = Registry('widget', [])\n\n\n"
+        "@REG.register\nclass Toy:\n    name = 'from-plugin'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ANOAUG_PLUGINS", "anoaug_toy_plugin")
+    import importlib
+
+    reg = importlib.import_module("anoaug_toy_plugin").REG
+    assert reg.names() == ["from-plugin"]
+    monkeypatch.setenv("ANOAUG_PLUGINS", "anoaug_toy_plugin, no_such_plugin_module")
+    with pytest.raises(AnoaugError, match="no_such_plugin_module"):
+        reg.names()
