@@ -120,3 +120,10 @@ def test_precision_setting_resolves_to_lightning_precision(monkeypatch: pytest.M
     assert lightning_precision("auto") == "32-true"
     monkeypatch.setattr(anoaug.cpu, "native_bf16", lambda: True)
     assert lightning_precision("auto") == "bf16-mixed"
+    assert lightning_precision("auto", "mps") == "32-true"
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert lightning_precision("auto", "cuda:0") == "32-true"  # the GPU decides on CUDA, not the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert lightning_precision("auto", "cuda:0") == "bf16-mixed"

@@ -96,12 +96,19 @@ def plain_loader(samples: list[Sample], batch_size: int, targets: list[int] | No
     return DataLoader(PairDataset(samples, False, targets), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def lightning_precision(setting: str) -> str:
-    """The segmenter's Lightning precision for the spec's ``evaluation.precision``."""
+def lightning_precision(setting: str, device: str = "cpu") -> str:
+    """The segmenter's Lightning precision for the spec's ``evaluation.precision`` on the resolved ``device``:
+    ``auto`` is bf16 autocast where the hardware has native bf16 (CUDA: ``torch.cuda.is_bf16_supported``;
+    CPU: oneDNN's AVX512-BF16/AMX kernels), else float32."""
     from anoaug.cpu import native_bf16
 
-    bf16 = setting == "bf16" or (setting == "auto" and native_bf16())
-    return "bf16-mixed" if bf16 else "32-true"
+    if setting != "auto":
+        return "bf16-mixed" if setting == "bf16" else "32-true"
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if device == "cpu" and native_bf16() else "32-true"
 
 
 def make_trainer(epochs: int, precision: str = "32-true", device: str = "auto") -> L.Trainer:

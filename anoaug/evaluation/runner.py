@@ -228,7 +228,7 @@ def run_evaluation(
         "models": cfg.models,
         "config": cfg.model_dump(mode="json"),
         "detector_settings": {name: s.model_dump(mode="json") for name, s in settings.items()},
-        "segmenter_precision": lightning_precision(cfg.precision),  # as resolved on this machine
+        "segmenter_precision": lightning_precision(cfg.precision, device),  # as resolved on this machine
         "pre_trained": cfg.pre_trained,
         "none_arm": (
             f"The segmenter cannot learn without positive pixels, so in the 'none' arm it is replaced by the "

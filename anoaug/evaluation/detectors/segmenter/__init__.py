@@ -38,7 +38,7 @@ class SegmenterDetector(Detector):
         model = Segmenter(cfg.widths, cfg.lr, cfg.focal_weight, cfg.dice_weight, cfg.epochs)
         draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch else None
         loader = balanced_loader(train, cfg.batch_size, seed, num_samples=draws)
-        trainer = make_trainer(cfg.epochs, lightning_precision(cfg.precision), context.device)
+        trainer = make_trainer(cfg.epochs, lightning_precision(cfg.precision, context.device), context.device)
         trainer.fit(model, train_dataloaders=loader)
         self.model: Segmenter = model.eval()
         self.context = context
