@@ -13,10 +13,13 @@ UnetKind = Literal["inpainting", "text-to-image"]
 
 class PretrainSettings(Settings):
     """What to train and for how long. Training stops at the step limits or the time budget, whichever
-    comes first; the VAE phase gets ``vae_share`` of the budget and the UNet phase the rest."""
+    comes first; the VAE phase gets ``vae_share`` of the budget and the UNet phase the rest.
 
-    time_budget_s: float = Field(600.0, gt=0, description="wall-clock budget of both phases (resumes count it)")
-    vae_share: float = Field(0.35, gt=0, lt=1, description="share of the budget given to the VAE phase")
+    The defaults are sized for a CPU (64 px crops, a few M parameters, 15 minutes); on a GPU raise the
+    widths, the resolution and the budget (e.g. ``--param unet_channels=[128,256,512]``)."""
+
+    time_budget_s: float = Field(900.0, gt=0, description="wall-clock budget of both phases (resumes count it)")
+    vae_share: float = Field(0.4, gt=0, lt=1, description="share of the budget given to the VAE phase")
     vae_steps: int = Field(4000, ge=0, description="step limit of the VAE phase")
     unet_steps: int = Field(20000, ge=0, description="step limit of the UNet phase")
     resolution: int = Field(64, ge=16, description="crop side in pixels (multiple of VAE factor x UNet factor)")
@@ -25,11 +28,11 @@ class PretrainSettings(Settings):
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
     # VAE (AutoencoderKL): downsampling factor = 2 ** (len(vae_channels) - 1)
-    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_channels: tuple[int, ...] = (16, 32, 64)
     vae_layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(4, ge=1)
     vae_batch_size: int = Field(8, ge=1)
-    vae_lr: float = Field(5e-4, gt=0)
+    vae_lr: float = Field(1e-3, gt=0)
     ssim_weight: float = Field(0.2, ge=0, description="weight of (1 - SSIM) beside the L1 reconstruction loss")
     kl_weight: float = Field(1e-6, ge=0, description="KL weight per latent element relative to per-pixel L1")
 
@@ -42,7 +45,7 @@ class PretrainSettings(Settings):
 
     # UNet (UNet2DConditionModel): downsampling factor = 2 ** (len(unet_channels) - 1)
     unet_kind: UnetKind = "inpainting"
-    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(8, ge=1)
     unet_batch_size: int = Field(16, ge=1)
