@@ -244,11 +244,26 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes_to_the_same_bytes(tiny_so
     assert read_card(more)["steps"] == {"vae": 5, "unet": 7}
 
 
-def test_time_budget_stops_training(tiny_sources, tmp_path: Path) -> None:
+def test_time_budget_stops_training_and_progress_reports_each_step(tiny_sources, tmp_path: Path) -> None:
     s = PretrainSettings.minimal(**{**QUICK, "vae_steps": 10**6, "unet_steps": 10**6, "time_budget_s": 1.0})
-    card = read_card(pretrain_base(s, tiny_sources, tmp_path / "m", None))
+    reports = []
+    card = read_card(pretrain_base(s, tiny_sources, tmp_path / "m", reports.append))
     assert card["stopped_by"] == {"vae": "time", "unet": "time"}
     assert 0 < card["steps"]["vae"] < 10**6 and card["steps"]["unet"] < 10**6
+    vae = [r for r in reports if r.phase == "vae"]
+    assert [r.step for r in vae] == list(range(1, card["steps"]["vae"] + 1))
+    assert all(r.total == 10**6 and 0 <= r.eta_s <= s.time_budget_s and np.isfinite(r.loss) for r in reports)
+
+
+def test_random_masks_mix_full_and_partial_masks() -> None:
+    from anoaug.generators.diffusion.pretrain.unet import random_masks
+
+    masks = random_masks(200, 32, np.random.default_rng(0), full_prob=0.3)
+    full = masks.all(axis=(1, 2))
+    assert masks.shape == (200, 32, 32) and masks.dtype == bool
+    assert 0.2 < full.mean() < 0.4 and masks.any(axis=(1, 2)).all()
+    assert 0.05 < masks[~full].mean() < 0.6  # partial masks leave context to inpaint from
+    assert np.array_equal(masks, random_masks(200, 32, np.random.default_rng(0), full_prob=0.3))
 
 
 def test_changed_settings_leak_and_bad_output_are_clear_errors(tiny_sources, tmp_path: Path) -> None:

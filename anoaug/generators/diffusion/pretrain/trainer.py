@@ -109,7 +109,8 @@ class BaseModelTrainer:
         self.unet_sched = get_scheduler("constant_with_warmup", self.unet_opt, num_warmup_steps=s.warmup_steps)
         self.ema = self._new_ema()
         held = normals.held_out or normals.train
-        self.eval_images, self.eval_categories = eval_crops(held, s.eval_crops, s.resolution, s.seed, s.zoom_prob)
+        # Native-scale crops (no zoom): resized-down crops are smoother and would flatter the PSNR.
+        self.eval_images, self.eval_categories = eval_crops(held, s.eval_crops, s.resolution, s.seed, 0.0)
         self.state: dict[str, Any] = {
             "phase": "vae",
             "steps": {"vae": 0, "unet": 0},
@@ -413,7 +414,7 @@ class BaseModelTrainer:
             "vae_psnr_init_db": round(st["vae_psnr_init_db"], 3),
             "unet_heldout_loss": {"init": round(st["unet_heldout_loss_init"], 6), "final": round(final_loss, 6)},
             "measured_on": (
-                f"{len(self.eval_images)} crops of held-out normal training images (never trained on)"
+                f"{len(self.eval_images)} native-scale crops of held-out normal training images (never trained on)"
                 if held
                 else f"{len(self.eval_images)} crops of training images (no category has 2+ normal training images)"
             ),
