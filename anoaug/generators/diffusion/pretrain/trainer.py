@@ -379,7 +379,13 @@ class BaseModelTrainer:
         )
         staging = work_dir / "export"
         shutil.rmtree(staging, ignore_errors=True)
-        pipe.save_pretrained(str(staging), safe_serialization=True)
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # its "Writing model shards" bar would break ours
+        try:
+            pipe.save_pretrained(str(staging), safe_serialization=True)
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         for name in ("vocab.json", "merges.txt"):  # the hand-written BPE files, beside what the tokenizer wrote
             if not (staging / "tokenizer" / name).exists():
                 shutil.copy2(work_dir / "tokenizer" / name, staging / "tokenizer" / name)
