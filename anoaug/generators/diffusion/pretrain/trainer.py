@@ -200,11 +200,11 @@ class BaseModelTrainer:
     def _states(self, prompts: list[str]) -> Any:
         return cond.encode_text(self.text_encoder, cond.tokenize(self.tokenizer, prompts, self.device))
 
-    def _inpaint_inputs(self, images: Any, masks: np.ndarray) -> tuple[Any, Any]:
+    def _inpaint_inputs(self, images: Any, masks: np.ndarray | None) -> tuple[Any, Any]:
         """Pixel masks (B, 1, H, W) and masked-image latents, or (None, None) for a text-to-image UNet."""
         import torch
 
-        if self.s.unet_kind != "inpainting":
+        if masks is None or self.s.unet_kind != "inpainting":
             return None, None
         pix = cond.masks_to_tensor(list(masks), self.device)
         with torch.no_grad():
@@ -264,7 +264,9 @@ class BaseModelTrainer:
         self.unet.train()
         self.text_encoder.train()
         crops, cats = crop_batch(self.normals.train, s.unet_batch_size, s.resolution, self.rng, s.zoom_prob)
-        masks = unet_mod.random_masks(len(crops), s.resolution, self.rng, s.full_mask_prob)
+        masks = None
+        if s.unet_kind == "inpainting":
+            masks = unet_mod.random_masks(len(crops), s.resolution, self.rng, s.full_mask_prob)
         prompts = [text_mod.category_prompt(c, self.rng, s.prompt_drop_prob) for c in cats]
         images = self._images(crops)
         with torch.no_grad():
