@@ -299,13 +299,16 @@ class BaseModelTrainer:
 
     # -- measurements -------------------------------------------------------------------------------------
 
-    def vae_psnr(self) -> float:
-        """PSNR (dB) of the VAE's reconstructions of the fixed held-out crops."""
+    def vae_psnr(self, per_category: bool = False) -> Any:
+        """PSNR (dB) of the VAE's reconstructions of the fixed held-out crops (or {category: dB})."""
         was_training = self.vae.training
         self.vae.eval()
-        recon = vae_mod.reconstruct(self.vae, self._images(self.eval_images))
+        recon = np.stack(cond.tensor_to_images(vae_mod.reconstruct(self.vae, self._images(self.eval_images))))
         self.vae.train(was_training)
-        return vae_mod.psnr_db(self.eval_images, np.stack(cond.tensor_to_images(recon)))
+        if not per_category:
+            return vae_mod.psnr_db(self.eval_images, recon)
+        cats = np.array(self.eval_categories)
+        return {c: vae_mod.psnr_db(self.eval_images[cats == c], recon[cats == c]) for c in sorted(set(cats))}
 
     def heldout_unet_loss(self, repeats: int = 2) -> float:
         """Denoising loss on the fixed held-out crops, masks, prompts, noise and timesteps (comparable over
@@ -367,6 +370,7 @@ class BaseModelTrainer:
             m.eval()
             m.requires_grad_(False)
         psnr = self.vae_psnr()
+        psnr_per_category = self.vae_psnr(per_category=True)
         final_loss = self.heldout_unet_loss()
         pipe_cls = StableDiffusionInpaintPipeline if s.unet_kind == "inpainting" else StableDiffusionPipeline
         pipe = pipe_cls(
@@ -419,6 +423,7 @@ class BaseModelTrainer:
             "batch_size": {"vae": s.vae_batch_size, "unet": s.unet_batch_size},
             "losses": {k: card_mod.thin(v) for k, v in st["losses"].items()},
             "vae_psnr_db": round(psnr, 3),
+            "vae_psnr_db_per_category": {k: round(v, 3) for k, v in psnr_per_category.items()},
             "vae_psnr_init_db": round(st["vae_psnr_init_db"], 3),
             "unet_heldout_loss": {"init": round(st["unet_heldout_loss_init"], 6), "final": round(final_loss, 6)},
             "measured_on": (
