@@ -310,3 +310,40 @@ def test_cli_pretrain_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert code == 2 and "unknown key 'vae_step'" in text
     code, text = run_cli(["pretrain", str(root), "-c", "nope", "--out", str(tmp_path / "m3")])
     assert code == 2 and "nope" in text
+
+
+def test_a_process_killed_with_sigkill_resumes_to_the_same_bytes(tiny_sources, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, _ = tiny_sources[0]
+    s = PretrainSettings.minimal(**{**QUICK, "vae_steps": 40, "unet_steps": 10, "checkpoint_every_steps": 1})
+    killed = tmp_path / "killed"
+    script = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from pathlib import Path\n"
+        "from anoaug.data.formats import read_category\n"
+        "from anoaug.data.split import make_split\n"
+        "from anoaug.generators.diffusion.pretrain import PretrainSettings, pretrain_base\n"
+        "data = read_category(Path(sys.argv[1]), 'widget')\n"
+        "s = PretrainSettings.model_validate_json(sys.argv[2])\n"
+        "pretrain_base(s, [(data, make_split(data, seed=0))], Path(sys.argv[3]), None)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", script, str(data.root), s.model_dump_json(), str(killed)]
+    proc = subprocess.Popen(args, env=env, cwd=Path(__file__).resolve().parents[1])
+    try:
+        while not (killed / ".pretrain" / "state.pt").exists() and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "model_card.json").exists()
+    resumed = pretrain_base(s, tiny_sources, killed, None)
+    assert read_card(resumed)["resumed_from"]["vae"] >= 1
+    straight = pretrain_base(s, tiny_sources, tmp_path / "straight", None)
+    for w in WEIGHTS:
+        assert (resumed / w).read_bytes() == (straight / w).read_bytes(), w
