@@ -288,6 +288,8 @@ def test_changed_settings_leak_and_bad_output_are_clear_errors(tiny_sources, tmp
 
     with pytest.raises(SpecError, match="resolution 36 must be a multiple of 16"):
         validate_settings(PretrainSettings, {"resolution": 36}, "pretrain")
+    with pytest.raises(SpecError, match=r"unet_channels \[24, 64\] must all be multiples of 12"):
+        validate_settings(PretrainSettings, {"unet_channels": [24, 64]}, "pretrain")
     with pytest.raises(SpecError, match="unknown key 'vae_step'"):
         validate_settings(PretrainSettings, {"vae_step": 3}, "pretrain")
 

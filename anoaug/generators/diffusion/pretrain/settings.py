@@ -11,6 +11,11 @@ from anoaug.registry import Settings
 UnetKind = Literal["inpainting", "text-to-image"]
 
 
+def norm_groups(widths: tuple[int, ...]) -> int:
+    """GroupNorm groups of a VAE or UNet with these block widths: min(32, smallest width / 2)."""
+    return max(1, min(32, min(widths) // 2))
+
+
 class PretrainSettings(Settings):
     """What to train and for how long. Training stops at the step limits or the time budget, whichever
     comes first; the VAE phase gets ``vae_share`` of the budget and the UNet phase the rest.
@@ -69,6 +74,15 @@ class PretrainSettings(Settings):
         multiple = self.vae_factor * self.unet_factor
         if self.resolution % multiple:
             raise ValueError(f"resolution {self.resolution} must be a multiple of {multiple} (VAE x UNet factor)")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
+        for key in ("vae_channels", "unet_channels"):
+            widths = getattr(self, key)
+            groups = norm_groups(widths)
+            if min(widths) < 2 or any(w % groups for w in widths):
+                raise ValueError(f"{key} {list(widths)} must all be multiples of {groups} (GroupNorm groups)")
+        if any(w % self.attention_head_dim for w in self.unet_channels):
+            raise ValueError(f"unet_channels must be multiples of attention_head_dim {self.attention_head_dim}")
         return self
 
     @property

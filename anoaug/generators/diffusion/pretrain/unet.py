@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anoaug.generators.diffusion.pretrain.settings import norm_groups
 from anoaug.generators.diffusion.sd import conditioning as cond
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def build_unet(
         up_block_types=up,
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=attention_head_dim,
-        norm_num_groups=min(32, min(channels) // 2),
+        norm_num_groups=norm_groups(tuple(channels)),
     )
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anoaug.generators.diffusion.pretrain.settings import norm_groups
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,7 +33,7 @@ def build_vae(channels: tuple[int, ...], layers_per_block: int, latent_channels:
         block_out_channels=tuple(channels),
         layers_per_block=layers_per_block,
         latent_channels=latent_channels,
-        norm_num_groups=min(32, min(channels) // 2) if min(channels) >= 8 else 1,
+        norm_num_groups=norm_groups(tuple(channels)),
         sample_size=resolution,
     )
 
