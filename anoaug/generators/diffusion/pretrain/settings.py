@@ -24,7 +24,7 @@ class PretrainSettings(Settings):
     widths, the resolution and the budget (e.g. ``--param unet_channels=[128,256,512]``)."""
 
     time_budget_s: float = Field(900.0, gt=0, description="wall-clock budget of both phases (resumes count it)")
-    vae_share: float = Field(0.4, gt=0, lt=1, description="share of the budget given to the VAE phase")
+    vae_share: float = Field(0.5, gt=0, lt=1, description="share of the budget given to the VAE phase")
     vae_steps: int = Field(4000, ge=0, description="step limit of the VAE phase")
     unet_steps: int = Field(20000, ge=0, description="step limit of the UNet phase")
     resolution: int = Field(64, ge=16, description="crop side in pixels (multiple of VAE factor x UNet factor)")
