@@ -349,3 +349,15 @@ def test_a_process_killed_with_sigkill_resumes_to_the_same_bytes(tiny_sources, t
     straight = pretrain_base(s, tiny_sources, tmp_path / "straight", None)
     for w in WEIGHTS:
         assert (resumed / w).read_bytes() == (straight / w).read_bytes(), w
+
+
+def test_collect_normals_holds_out_per_category_and_can_shrink_images(tiny_sources) -> None:
+    from anoaug.generators.diffusion.pretrain.data import collect_normals
+
+    normals = collect_normals(tiny_sources, holdout_fraction=0.25, seed=0, max_image_side=20)
+    assert normals.counts("train") == {"widget": 6} and normals.counts("held_out") == {"widget": 2}
+    assert {im.image.shape for im in normals.train + normals.held_out} == {(20, 20, 3)}
+    assert all("/train/good/" in im.relpath for im in normals.train + normals.held_out)
+    again = collect_normals(tiny_sources, holdout_fraction=0.25, seed=0)
+    assert again.fingerprint() == normals.fingerprint()  # same images and roles
+    assert collect_normals(tiny_sources, holdout_fraction=0.25, seed=1).fingerprint() != normals.fingerprint()

@@ -67,9 +67,23 @@ def _holdout_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, int(round(n * fraction))))
 
 
-def collect_normals(sources: Sequence[Source], holdout_fraction: float, seed: int) -> NormalSet:
+def _shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`image` resized (area) so that its long side is at most `max_side` (unchanged when None or smaller)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def collect_normals(
+    sources: Sequence[Source], holdout_fraction: float, seed: int, max_image_side: int | None = None
+) -> NormalSet:
     """Read the ``train_normal`` images of every source, check them against the evaluation images with
-    the leak guard, and split off the held-out ones (chosen from `seed` and the category name)."""
+    the leak guard, and split off the held-out ones (chosen from `seed` and the category name). Images
+    are kept in memory, shrunk to `max_image_side` if given (after the leak check)."""
     from anoaug.evaluation.protocol import Sample, check_no_leakage, load_rows
 
     if not sources:
@@ -101,6 +115,7 @@ def collect_normals(sources: Sequence[Source], holdout_fraction: float, seed: in
         k = _holdout_count(len(images), holdout_fraction)
         out = {int(i) for i in rng.permutation(len(images))[:k]}
         for i, im in enumerate(images):
+            im.image = _shrink(im.image, max_image_side)
             (held if i in out else train).append(im)
     return NormalSet(train, held)
 

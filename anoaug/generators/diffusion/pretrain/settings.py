@@ -63,6 +63,7 @@ class PretrainSettings(Settings):
     warmup_steps: int = Field(50, ge=0)
     zoom_prob: float = Field(0.5, ge=0, le=1, description="share of crops taken larger than native and resized")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="normals per category kept out for measuring")
+    max_image_side: int | None = Field(None, ge=16, description="shrink larger images on load (memory); None: keep")
     eval_crops: int = Field(64, ge=1, description="held-out crops for PSNR / held-out loss")
     checkpoint_every_s: float = Field(60.0, gt=0)
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps of a phase (0 = off)")

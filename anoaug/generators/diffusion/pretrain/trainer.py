@@ -472,7 +472,7 @@ def pretrain_base(
     checkpoint = work / CHECKPOINT
     if overwrite:
         shutil.rmtree(work, ignore_errors=True)
-    normals = collect_normals(sources, settings.holdout_fraction, settings.seed)
+    normals = collect_normals(sources, settings.holdout_fraction, settings.seed, settings.max_image_side)
     if not normals.train:
         raise PretrainError("every normal training image was held out: lower holdout_fraction")
     categories = sorted(data.category for data, _ in sources)
