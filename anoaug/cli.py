@@ -490,9 +490,10 @@ def pretrain_cmd(
         soft_wrap=True,
     )
     loss = card["unet_heldout_loss"]
+    per_cat = ", ".join(f"{escape(k)} {v:.2f}" for k, v in card["vae_psnr_db_per_category"].items())
     console.print(
-        f"VAE PSNR {card['vae_psnr_db']:.2f} dB on held-out normal crops (untrained: {card['vae_psnr_init_db']:.2f}); "
-        f"UNet held-out loss {loss['init']:.4f} -> {loss['final']:.4f}",
+        f"VAE PSNR {card['vae_psnr_db']:.2f} dB on held-out normal crops ({per_cat}; untrained: "
+        f"{card['vae_psnr_init_db']:.2f}); UNet held-out loss {loss['init']:.4f} -> {loss['final']:.4f}",
         highlight=False,
         soft_wrap=True,
     )
