@@ -416,6 +416,99 @@ def report_cmd(
         console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
+# --- pretrain: a small Stable Diffusion learned from normal training images (anoaug.generators.diffusion.pretrain) ---
+
+
+@app.command("pretrain")
+@user_errors
+def pretrain_cmd(
+    spec_or_root: Annotated[str, typer.Argument(help="<dataset>/<category>, a spec .yaml, or a dataset root.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder (diffusers layout; never inside the data).")],
+    category: Annotated[
+        list[str] | None,
+        typer.Option("--category", "-c", help="Category (repeatable; default with a root: all of them)."),
+    ] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds, both phases.")] = None,
+    resolution: Annotated[int | None, typer.Option(min=16, help="Crop side in pixels.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Training seed (the split uses the spec's).")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard a different run's checkpoint in --out.")] = False,
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Pretrain setting KEY=VALUE (YAML value), e.g. unet_steps=500; repeatable."),
+    ] = None,
+) -> None:
+    """Pretrain a small Stable Diffusion (VAE, CLIP text encoder, UNet) on the categories' normal training images.
+
+    Only `train_normal` images of each split are used (checked by the leak guard). Progress shows an ETA;
+    the run checkpoints, and the same command after a crash or kill resumes it. The folder loads with
+    `diffusion-sd --param model=OUT` and the diffusers Stable Diffusion pipelines; model_card.json has the figures.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from anoaug.errors import SpecError
+    from anoaug.generators.diffusion.pretrain import PretrainSettings, pretrain_base
+    from anoaug.pipeline.config import parse_sets
+    from anoaug.registry import validate_settings
+
+    given: dict[str, Any] = parse_sets(params)
+    dotted = [k for k, v in given.items() if isinstance(v, dict)]
+    if dotted:
+        raise SpecError(f"--param takes pretrain settings KEY=VALUE, not dotted keys: {', '.join(dotted)}")
+    for key, value in (("time_budget_s", time_budget), ("resolution", resolution), ("seed", seed)):
+        if value is not None:
+            given[key] = value
+    settings = validate_settings(PretrainSettings, given, "pretrain", None)
+    names: list[str | None] = list(dict.fromkeys(category or []))
+    if not names and Path(spec_or_root).is_dir():
+        from anoaug.data.formats import list_categories
+
+        names = list(list_categories(spec_or_root))
+    names = names or [None]  # a spec: its own category
+    sources = []
+    for name in names:
+        _, data, manifest = _spec_data_split(spec_or_root, name, data_root, None)
+        sources.append((data, manifest))
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(p: Any) -> None:
+            if p.phase not in tasks:
+                tasks[p.phase] = bar.add_task(p.phase.upper(), total=p.total, info="")
+            eta = f"{int(p.eta_s // 60)}:{int(p.eta_s % 60):02d}"
+            info = f"loss {p.loss:.4f}  {p.steps_per_s:.2f} steps/s  ETA {eta}"
+            bar.update(tasks[p.phase], completed=p.step, total=p.total, info=info)
+
+        folder = pretrain_base(settings, sources, out, progress=progress, overwrite=overwrite)
+    from anoaug.generators.diffusion.pretrain import read_card
+
+    card = read_card(folder)
+    resumed = card.get("resumed_from")
+    if resumed:
+        console.print(f"resumed from VAE step {resumed['vae']}, UNet step {resumed['unet']}", highlight=False)
+    steps, secs, stop = card["steps"], card["seconds"], card["stopped_by"]
+    used = ", ".join(f"{escape(k)} {v}" for k, v in card["images_used"].items())
+    console.print(
+        f"[green]pretrained[/green] {card['unet_kind']} model on {used} normal image(s), {card['resolution']} px: "
+        f"VAE {steps['vae']} steps ({stop['vae']}), UNet {steps['unet']} steps ({stop['unet']}, "
+        f"{card['steps_per_s']['unet'] or 0:.2f} steps/s at batch {card['batch_size']['unet']}), {secs['total']:.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    loss = card["unet_heldout_loss"]
+    per_cat = ", ".join(f"{escape(k)} {v:.2f}" for k, v in card["vae_psnr_db_per_category"].items())
+    console.print(
+        f"VAE PSNR {card['vae_psnr_db']:.2f} dB on held-out normal crops ({per_cat}; untrained: "
+        f"{card['vae_psnr_init_db']:.2f}); UNet held-out loss {loss['init']:.4f} -> {loss['final']:.4f}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"model: {escape(str(folder))}", highlight=False, soft_wrap=True)
+
+
 # --- pipeline: `anoaug run`, `anoaug demo`, `anoaug serve` (Prefect flows in flows/, imported lazily) ---
 
 

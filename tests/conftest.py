@@ -123,3 +123,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import logging
 
     logging.raiseExceptions = False
+
+
+@pytest.fixture(scope="session")
+def pretrained_sd(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A minimal Stable Diffusion pretrained by `anoaug.generators.diffusion.pretrain` on the demo categories'
+    normal training images (inpainting UNet, 32 px, VAE factor 4; seconds on one core). Treat as read-only."""
+    import torch
+
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import make_split
+    from anoaug.generators.diffusion.pretrain import PretrainSettings, pretrain_base
+
+    sources = []
+    for name in ("cap", "fabric"):
+        data = read_category(demo_root, name)
+        sources.append((data, make_split(data, seed=0)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared CPU run faster on one thread
+    try:
+        return pretrain_base(PretrainSettings.minimal(), sources, tmp_path_factory.mktemp("pretrained") / "sd", None)
+    finally:
+        torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ is noise; it is only for checking that code paths work end to end.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 # Whole words get their own BPE token so prompts tokenize to a few ids (everything else falls back to bytes).
@@ -33,26 +34,36 @@ def _byte_alphabet() -> list[str]:
     return chars
 
 
-def write_tiny_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    """Write a tiny CLIP BPE `vocab.json` and `merges.txt` into `folder`; return their paths."""
+def _bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The pieces byte-level BPE splits `word` into with merge `ranks` (lowest rank merged first)."""
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = zip(pieces[:-1], pieces[1:], strict=True)
+        rank, i = min((ranks.get(pair, len(ranks)), i) for i, pair in enumerate(pairs))
+        if rank == len(ranks):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def write_tiny_clip_tokenizer_files(folder: Path, words: Sequence[str] = _WORDS) -> tuple[Path, Path]:
+    """Write a tiny CLIP BPE `vocab.json` and `merges.txt` into `folder`; return their paths.
+
+    Every one of `words` (lower-case letters) becomes one whole-word token; other text falls back to bytes.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     tokens: list[str] = ["<|startoftext|>", "<|endoftext|>"]
     alphabet = _byte_alphabet()
     tokens += alphabet + [c + "</w>" for c in alphabet]
-    merges: list[str] = []
-    for word in _WORDS:
-        if len(word) == 1:
-            continue
-        # Merge left to right: "p h", "ph o", ..., the last one producing the end-of-word token.
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            pair = f"{left} {right}"
-            left = left + right
-            if pair not in merges:
-                merges.append(pair)
-            if left not in tokens:
-                tokens.append(left)
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        # Merge left to right ("p h", "ph o", ..., the last one producing the end-of-word token), reusing the
+        # merges of earlier words: each new merge joins the first two pieces the merges so far leave, so it
+        # ranks after them and never changes how an earlier word tokenizes.
+        while len(pieces := _bpe_pieces(word, ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            tokens.append(pieces[0] + pieces[1])
+    merges = [f"{a} {b}" for a, b in ranks]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
     vocab_path.write_text(json.dumps(vocab, ensure_ascii=False))
