@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from anoaug.errors import SpecError
 
 PIPELINES_ENV = "ANOAUG_PIPELINES"
+BASE_MODEL = "base"  # a generator's `model` setting that names the model the pipeline's pretrain stage learns
 NONE_ARM = "none"  # the same arm names as anoaug.evaluation.protocol (not imported: no training stack here)
 REAL_ARM = "real-few"
 REAL_SUFFIX = "+real"
@@ -215,6 +216,12 @@ class PipelineSpec(Section):
         default_factory=dict,
         description="Named producers for ablations: <name>: {generator, params}; an arm names one like a generator.",
     )
+    pretrain: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the base model `anoaug pretrain` learns on this run's normal training images when "
+        "a generator's `model` is `base` (PretrainSettings in anoaug.generators.diffusion.pretrain; its seed "
+        "defaults to the spec's).",
+    )
     generation: GenerationSection = Field(default_factory=GenerationSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
@@ -249,6 +256,10 @@ class PipelineSpec(Section):
         if name == self.generator.name:
             return name, dict(self.generator.params)
         return name, {}
+
+    def uses_base_model(self, name: str) -> bool:
+        """True when producer ``name`` runs on the base model pretrained on this run (``model: base``)."""
+        return self.producer(name)[1].get("model") == BASE_MODEL
 
     def producers(self) -> list[str]:
         """Producers to fit and sample: generator.name, then every generator or variant an arm names."""

@@ -43,8 +43,12 @@ def masks_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
     return _key("masks", stages.masks_fingerprint(p["spec"], p["split"]), p["run_dir"])
 
 
+def pretrain_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("pretrain", stages.pretrain_fingerprint(p["spec"], p["split"]), p["run_dir"])
+
+
 def generate_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
-    fp = stages.generate_fingerprint(p["spec"], p["split"], p["masks"], p["generator"])
+    fp = stages.generate_fingerprint(p["spec"], p["split"], p["masks"], p["generator"], p.get("base"))
     return _key(f"generate-{p['generator']}", fp, p["run_dir"])
 
 
@@ -85,6 +89,21 @@ def masks_task(spec: PipelineSpec, root: Path, run_dir: Path, split: StageResult
 
 
 @task(
+    name="pretrain",
+    cache_key_fn=pretrain_key,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+)
+def pretrain_task(
+    spec: PipelineSpec, root: Path, run_dir: Path, split: StageResult, force: bool = False
+) -> StageResult:
+    """The base model of `model: base` (resumable: a retry continues from its checkpoint)."""
+    return stages.stage_pretrain(spec, root, run_dir, split, force=force)
+
+
+@task(
     name="generate",
     task_run_name="generate-{generator}",
     cache_key_fn=generate_key,
@@ -101,9 +120,10 @@ def generate_task(
     masks: StageResult | None,
     generator: str,
     force: bool = False,
+    base: StageResult | None = None,
 ) -> StageResult:
     """Fit one producer (a generator or a variant) and write its shards (resumable: a retry continues them)."""
-    return stages.stage_generate(spec, root, run_dir, split, masks, generator, force=force)
+    return stages.stage_generate(spec, root, run_dir, split, masks, generator, force=force, base=base)
 
 
 @task(
@@ -197,12 +217,19 @@ def run_category_stages(
             spec=spec, root=root, run_dir=run_dir, split=split,
         )  # fmt: skip
         results.append(masks)
+    base: StageResult | None = None
+    if stages.needs_base_model(spec):
+        base = _call(
+            pretrain_task, storage, d(run_dir, "pretrain"), stages.pretrain_fingerprint(spec, split), force,
+            spec=spec, root=root, run_dir=run_dir, split=split,
+        )  # fmt: skip
+        results.append(base)
     generated: dict[str, StageResult] = {}
     for name in spec.producers():
-        fp = stages.generate_fingerprint(spec, split, masks, name)
+        fp = stages.generate_fingerprint(spec, split, masks, name, base)
         generated[name] = _call(
             generate_task, storage, d(run_dir, "generate", name), fp, force,
-            spec=spec, root=root, run_dir=run_dir, split=split, masks=masks, generator=name,
+            spec=spec, root=root, run_dir=run_dir, split=split, masks=masks, generator=name, base=base,
         )  # fmt: skip
         results.append(generated[name])
     evaluation = _call(

@@ -118,6 +118,11 @@ def check_spec(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
         check_generator_params(variant.generator, variant.params, spec.holder(("variants", name)))
     check_generator_params(spec.generator.name, spec.generator.params, spec.holder(("generator",)))
     check_evaluation(spec)
+    if spec.pretrain:
+        from anoaug.generators.diffusion.pretrain.settings import PretrainSettings
+        from anoaug.registry import validate_settings
+
+        validate_settings(PretrainSettings, spec.pretrain, "pretrain", spec.holder(("pretrain",)))
     return spec
 
 

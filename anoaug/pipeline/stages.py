@@ -37,7 +37,7 @@ from anoaug.spec import PipelineSpec, arm_producer
 
 STAGE_FILE = "stage.json"
 ERROR_FILE = "error.log"
-STAGES = ("split", "masks", "generate", "evaluate", "report")
+STAGES = ("split", "masks", "pretrain", "generate", "evaluate", "report")
 MASKS_QA_COUNT = 32  # masks written by the masks stage: a contact sheet and statistics, not the bulk
 
 
@@ -301,14 +301,82 @@ def stage_masks(
     return run_stage("masks", masks_fingerprint(spec, split), stage_dir(run_dir, "masks"), body, force)
 
 
+# --- pretrain (the base model of `model: base`) -----------------------------------------------------
+
+PRETRAIN_MODEL_DIR = "model"
+
+
+def needs_base_model(spec: PipelineSpec) -> bool:
+    """True when some producer of the run has ``model: base`` (then the pretrain stage runs first)."""
+    return any(spec.uses_base_model(name) for name in spec.producers())
+
+
+def pretrain_settings(spec: PipelineSpec) -> Any:  # -> PretrainSettings
+    """The spec's ``pretrain`` section as typed settings; the seed defaults to the spec's seed."""
+    from anoaug.generators.diffusion.pretrain import PretrainSettings
+    from anoaug.registry import validate_settings
+
+    return validate_settings(PretrainSettings, {"seed": spec.seed, **spec.pretrain}, "pretrain", spec.source)
+
+
+def pretrain_fingerprint(spec: PipelineSpec, split: StageResult) -> str:
+    """Pretrain settings (seed included) + the split's hash (which normal images it learns from)."""
+    return fingerprint("pretrain", {"seed": spec.seed, **spec.pretrain}, spec.dataset.category, split.content_hash)
+
+
+def stage_pretrain(
+    spec: PipelineSpec, root: str | Path, run_dir: str | Path, split: StageResult, force: bool = False
+) -> StageResult:
+    """Pretrain the base model on the category's normal training images (`pretrain/model/`, diffusers layout);
+    an interrupted run resumes from its checkpoint."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.generators.diffusion.pretrain import pretrain_base, read_card
+
+        bar = progress_for("pretrain")
+
+        def progress(p: Any) -> None:
+            if bar is not None:
+                bar(f"pretrain {p.phase}: step {p.step}/{p.total}, loss {p.loss:.4f}, ETA {int(p.eta_s)} s")
+
+        model = pretrain_base(
+            pretrain_settings(spec), [(_read_data(spec, root), _read_split(split))], out / PRETRAIN_MODEL_DIR,
+            progress=progress,
+        )  # fmt: skip
+        card = read_card(model)
+        keys = ("vae_psnr_db", "steps", "seconds", "stopped_by", "resolution", "unet_kind")
+        return StageOutput({"model": model}, {k: card[k] for k in keys if k in card})
+
+    fp = pretrain_fingerprint(spec, split)
+    return run_stage("pretrain", fp, stage_dir(run_dir, "pretrain"), body, force)
+
+
+def with_base_model(spec: PipelineSpec, producer: str, base: StageResult | None) -> PipelineSpec:
+    """``spec`` with producer's ``model: base`` replaced by the pretrain stage's model folder (a copy)."""
+    if not spec.uses_base_model(producer):
+        return spec
+    if base is None:
+        raise SpecError(f"producer '{producer}' has model: base, but no pretrain stage ran for it", spec.source)
+    out = spec.model_copy(deep=True)
+    params = out.variants[producer].params if producer in out.variants else out.generator.params
+    params["model"] = str(base.path("model"))
+    return out
+
+
 # --- generate ---------------------------------------------------------------------------------------
 
 
-def generate_fingerprint(spec: PipelineSpec, split: StageResult, masks: StageResult | None, producer: str) -> str:
+def generate_fingerprint(
+    spec: PipelineSpec,
+    split: StageResult,
+    masks: StageResult | None,
+    producer: str,
+    base: StageResult | None = None,
+) -> str:
     """The producer's generator + params (spec.producer) + generation and masks sections + seed + split and
-    masks hashes."""
+    masks hashes (+ the pretrained base model's hash when the producer runs on ``model: base``)."""
     generator, params = spec.producer(producer)
-    return fingerprint(
+    parts: list[Any] = [
         "generate",
         generator,
         params,
@@ -318,7 +386,10 @@ def generate_fingerprint(spec: PipelineSpec, split: StageResult, masks: StageRes
         spec.seed,
         split.content_hash,
         masks.content_hash if masks is not None else None,
-    )
+    ]
+    if spec.uses_base_model(producer):
+        parts.append({"base_model": base.content_hash if base is not None else None})
+    return fingerprint(*parts)
 
 
 def stage_generate(
@@ -329,15 +400,16 @@ def stage_generate(
     masks: StageResult | None,
     producer: str,
     force: bool = False,
+    base: StageResult | None = None,
 ) -> StageResult:
     """Fit `producer` (a generator or a variant) on the generator-training split and write resumable shards
-    into `generate/<producer>/`."""
+    into `generate/<producer>/`; ``base`` is the pretrain stage's result when the producer has ``model: base``."""
 
     def body(out: Path, resume: bool) -> StageOutput:
         from anoaug.shards import generate_category
 
         summary = generate_category(
-            spec,
+            with_base_model(spec, producer, base),
             _read_data(spec, root),
             _read_split(split),
             producer,
@@ -365,7 +437,7 @@ def stage_generate(
         }
         return StageOutput(outputs, info)
 
-    fp = generate_fingerprint(spec, split, masks, producer)
+    fp = generate_fingerprint(spec, split, masks, producer, base)
     return run_stage(f"generate:{producer}", fp, stage_dir(run_dir, "generate", producer), body, force)
 
 
@@ -455,9 +527,15 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
         if masks is None:
             return None
         results = [split, masks]
+        base = None
+        if needs_base_model(spec):
+            base = done(stage_dir(run_dir, "pretrain"), pretrain_fingerprint(spec, split))
+            if base is None:
+                return None
+            results.append(base)
         generated: dict[str, StageResult] = {}
         for name in spec.producers():
-            g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name))
+            g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name, base))
             if g is None:
                 return None
             generated[name] = g

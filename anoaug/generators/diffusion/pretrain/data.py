@@ -19,7 +19,7 @@ from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
 from anoaug.generators.base import GeneratorError
-from anoaug.generators.diffusion.sd.crops import resize_image
+from anoaug.generators.diffusion.crops import resize_image
 
 Source = tuple[CategoryData, SplitManifest]
 

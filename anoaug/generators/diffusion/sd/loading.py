@@ -78,6 +78,11 @@ def resolve_model_folder(model: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         return path.resolve()
     text = str(model)
+    if text == "base":  # anoaug.spec.BASE_MODEL; the pipeline swaps it for its pretrain stage's folder
+        raise GeneratorError(
+            "model 'base' (the base model pretrained on the run's normal images) is resolved by `anoaug run`; "
+            "outside a pipeline run, pretrain one with `anoaug pretrain SPEC --out DIR` and pass model=DIR"
+        )
     if not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise GeneratorError("Stable Diffusion model folder does not exist", path)
     from huggingface_hub import snapshot_download
