@@ -159,6 +159,7 @@ class CropPasteGenerator(Generator):
                 )
         (out_dir / CROPS_INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
         (out_dir / SOURCES_INDEX).write_text(json.dumps(sources, indent=1, sort_keys=True))
+        self._load(out_dir, {})  # ready to generate, in the same state as a loaded artifact
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
         index_path = artifact_dir / CROPS_INDEX
@@ -185,11 +186,6 @@ class CropPasteGenerator(Generator):
                 box=tuple(int(v) for v in row["box"]),  # type: ignore[arg-type]
                 defect_type=row["defect_type"],
             )
-
-    def fit(self, data: FitData, out_dir: str | Path, seed: int = 0) -> Path:
-        out = super().fit(data, out_dir, seed)
-        self._load(out, {})
-        return out
 
     # --- generate -----------------------------------------------------------------------------
 

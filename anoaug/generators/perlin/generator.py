@@ -169,6 +169,7 @@ class PerlinGenerator(Generator):
             write_png(tex_dir / name, img)
             index.append({"file": name, "source": "/".join(p.parts[-3:])})
         (out_dir / TEXTURES_INDEX).write_text(json.dumps({"origin": origin, "textures": index}, indent=1))
+        self._load(out_dir, {})  # ready to generate, in the same state as a loaded artifact
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
         index_path = artifact_dir / TEXTURES_INDEX
@@ -177,11 +178,6 @@ class PerlinGenerator(Generator):
         index = json.loads(index_path.read_text())["textures"]
         self._texture_names = [row["file"] for row in index]
         self._textures = [load_image(artifact_dir / "textures" / name) for name in self._texture_names]
-
-    def fit(self, data: FitData, out_dir: str | Path, seed: int = 0) -> Path:
-        out = super().fit(data, out_dir, seed)
-        self._load(out, {})
-        return out
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not self._textures:
