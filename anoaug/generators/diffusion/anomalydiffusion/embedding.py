@@ -86,7 +86,9 @@ class AnomalyVocab:
         return columns, positions
 
 
-def add_tokens(tokenizer: Any, text_encoder: Any, defect_types: list[str], k: int, n: int, init_word: str) -> AnomalyVocab:
+def add_tokens(
+    tokenizer: Any, text_encoder: Any, defect_types: list[str], k: int, n: int, init_word: str
+) -> AnomalyVocab:
     """Add k anomaly tokens per type and n spatial tokens; new rows start from `init_word`'s embedding."""
     import torch
 

@@ -47,18 +47,26 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         """anomalydiffusion settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
 
         model: str = Field(
-            "", validate_default=True, description="local diffusers folder, hub id, or base (the run's pretrained model)"
+            "",
+            validate_default=True,
+            description="local diffusers folder, hub id, or base (the run's pretrained model)",
         )
         inpainting: BoolOrAuto = Field("auto", description="auto (from unet in_channels) | true | false (checked)")
-        resolution: int = Field(256, ge=8, description="crop side in pixels the model sees (multiple of 8 x VAE factor)")
+        resolution: int = Field(
+            256, ge=8, description="crop side in pixels the model sees (multiple of 8 x VAE factor)"
+        )
         context: float = Field(2.0, gt=0, description="crop side = context x mask bounding box, >= resolution")
         anomaly_tokens: int = Field(4, ge=1, description="k learned vectors per defect type (code 4, paper 8)")
         spatial_tokens: int = Field(4, ge=0, description="n mask-encoder tokens after the anomaly tokens; 0 = off")
         spatial_backbone_weights: str = Field(
-            "", description="local torchvision ResNet-50 state dict for the mask encoder; empty = small ResNet from scratch"
+            "",
+            description="local torchvision ResNet-50 state dict for the mask encoder; "
+            "empty = a small ResNet from scratch",
         )
         prompt_templates: list[str] = Field(
-            list(TEMPLATES), min_length=1, description="training prompts ({category}, <{type}>); the first one generates"
+            list(TEMPLATES),
+            min_length=1,
+            description="training prompts ({category}, <{type}>); the first one generates",
         )
         loss_normalisation: Literal["mask", "all"] = Field(
             "mask", description="mask = mean over the latent mask (paper) | all = mean over all latent cells (code)"
@@ -71,7 +79,8 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         lora_alpha: float | None = Field(None, description="LoRA alpha; default: = rank")
         init_word: str = Field("defect", description="initial value of the learned tokens")
         attention_reweighting: Literal["off", "paper", "code"] = Field(
-            "off", description="adaptive attention re-weighting: off | paper (x0-hat, probabilities) | code (x_t, logits)"
+            "off",
+            description="adaptive attention re-weighting: off | paper (x0-hat, probabilities) | code (x_t, logits)",
         )
         reweighting_layers: list[Literal["down", "mid", "up"]] = Field(
             ["down", "mid", "up"], min_length=1, description="UNet cross-attention groups that are re-weighted"
@@ -275,13 +284,22 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             if mode != "off":
                 noise = torch.cat(
                     [
-                        torch.randn(known.shape[1:], generator=torch.Generator().manual_seed(int(r.seed) ^ REWEIGHT_STREAM))[None]
+                        torch.randn(
+                            known.shape[1:], generator=torch.Generator().manual_seed(int(r.seed) ^ REWEIGHT_STREAM)
+                        )[None]
                         for r in reqs
                     ]
                 ).to(dev)
                 reweighter = rw.Reweighter(
-                    mode, known, blend_mask, columns, scheduler, noise, 2 if use_cfg else 1,
-                    cfg.reweighting_strength, cfg.reweighting_max,
+                    mode,
+                    known,
+                    blend_mask,
+                    columns,
+                    scheduler,
+                    noise,
+                    2 if use_cfg else 1,
+                    cfg.reweighting_strength,
+                    cfg.reweighting_max,
                 )
 
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

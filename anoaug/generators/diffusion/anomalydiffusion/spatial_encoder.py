@@ -36,7 +36,9 @@ def _small_backbone(width: int) -> Any:
     class SmallResNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(1, width, 3, stride=2, padding=1, bias=False), _group_norm(width), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(1, width, 3, stride=2, padding=1, bias=False), _group_norm(width), nn.ReLU()
+            )
             chans = [width, 2 * width, 4 * width]
             self.stages = nn.ModuleList()
             prev = width
@@ -79,10 +81,17 @@ def _resnet50_backbone(weights: str | Path | None) -> Any:
             else:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-            net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=False)
+            result = net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=False)
+            missing = [k for k in result.missing_keys if not k.startswith("fc.")]  # the classifier is not used
+            if missing or result.unexpected_keys:
+                raise ValueError(
+                    f"{len(missing)} missing keys (e.g. {missing[:1]}), unexpected {result.unexpected_keys[:1]}"
+                )
         except Exception as exc:  # noqa: BLE001  (torch.load / load_state_dict raise several kinds)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GeneratorError(f"spatial_backbone_weights is not a torchvision ResNet-50 state dict: {first}", path) from None
+            raise GeneratorError(
+                f"spatial_backbone_weights is not a torchvision ResNet-50 state dict: {first}", path
+            ) from None
     body = create_feature_extractor(net, {"layer1": "0", "layer2": "1", "layer3": "2"})
 
     class ResNet50Features(nn.Module):
@@ -98,7 +107,11 @@ def _resnet50_backbone(weights: str | Path | None) -> Any:
 
 
 def build_spatial_encoder(
-    num_tokens: int, dim: int, token_scale: float = 1.0, backbone: str = "small", weights: str | Path | None = None,
+    num_tokens: int,
+    dim: int,
+    token_scale: float = 1.0,
+    backbone: str = "small",
+    weights: str | Path | None = None,
     width: int = 16,
 ) -> Any:
     """A torch module: mask (B, 1, H, W) in [0, 1] -> (B, num_tokens, dim). `backbone`: small | resnet50."""
@@ -166,7 +179,9 @@ def load_spatial_encoder(path: Path, dim: int) -> Any:
     if meta.get("format") != FORMAT:
         raise GeneratorError("not an anoaug anomalydiffusion spatial-encoder file (missing metadata)", path)
     if int(meta["dim"]) != dim:
-        raise GeneratorError(f"spatial encoder was trained for token dim {meta['dim']}, the text encoder has {dim}", path)
+        raise GeneratorError(
+            f"spatial encoder was trained for token dim {meta['dim']}, the text encoder has {dim}", path
+        )
     enc = build_spatial_encoder(int(meta["num_tokens"]), dim, backbone=meta["backbone"], width=int(meta["width"]))
     try:
         enc.load_state_dict(sd)

@@ -69,7 +69,11 @@ class ADTrainer(SDTrainer):
         super().__init__(comps, defects, category, base, device, seed)  # LoRA (if any), precision, scheduler
         self.ad = settings
         self.vocab = emb.add_tokens(
-            comps.tokenizer, comps.text_encoder, self.types, settings.anomaly_tokens, settings.spatial_tokens,
+            comps.tokenizer,
+            comps.text_encoder,
+            self.types,
+            settings.anomaly_tokens,
+            settings.spatial_tokens,
             base.init_word,
         )
         for t in settings.templates:  # every template must expand for every type (fails early, names it)
@@ -85,7 +89,10 @@ class ADTrainer(SDTrainer):
             scale = float(weight[: min(self.vocab.spatial_ids)].detach().float().std())
             kind = "resnet50" if settings.spatial_backbone_weights else "small"
             self.encoder = spatial.build_spatial_encoder(
-                settings.spatial_tokens, comps.text_encoder.config.hidden_size, scale, kind,
+                settings.spatial_tokens,
+                comps.text_encoder.config.hidden_size,
+                scale,
+                kind,
                 settings.spatial_backbone_weights or None,
             ).to(device, dtype=torch.float32)
             params = [p for p in self.encoder.parameters() if p.requires_grad]
@@ -105,7 +112,8 @@ class ADTrainer(SDTrainer):
             by_prompt = {p: t for t, p in self.prompts.items()}  # the sd batch holds the first template's prompts
             types = [by_prompt[p] for p in batch["prompts"]]
             batch["prompts"] = [
-                self.vocab.prompt(self.ad.templates[int(j)], self.category, t) for j, t in zip(chosen, types, strict=True)
+                self.vocab.prompt(self.ad.templates[int(j)], self.category, t)
+                for j, t in zip(chosen, types, strict=True)
             ]
         return batch
 
