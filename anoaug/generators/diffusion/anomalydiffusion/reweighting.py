@@ -127,10 +127,21 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
         rows, weight = reweight.at(hidden_states.shape[1])
         if not bool(rows.any()):
             return out
-        idx = rows.any(dim=0).nonzero().squeeze(1)
-        sub = self._rows(attn, hidden_states[:, idx], encoder_hidden_states, attention_mask, weight[:, idx], reweight)
+        # Only the batch items with re-weighted rows (not the unconditional half) and only the union of their rows.
+        items = rows.any(dim=1).nonzero().squeeze(1)
+        idx = rows[items].any(dim=0).nonzero().squeeze(1)
+        mask = None if attention_mask is None else attention_mask[items]
+        sub = self._rows(
+            attn,
+            hidden_states[items][:, idx],
+            encoder_hidden_states[items],
+            mask,
+            weight[items][:, idx],
+            reweight.columns[items],
+            reweight.mode,
+        )
         manual = out.clone()
-        manual[:, idx] = sub.to(out.dtype)
+        manual[items[:, None], idx[None, :]] = sub.to(out.dtype)
         return torch.where(rows[..., None], manual, out)
 
     @staticmethod
@@ -140,7 +151,8 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
         context: torch.Tensor,
         attention_mask: torch.Tensor | None,
         weight: torch.Tensor,
-        reweight: Reweight,
+        columns: torch.Tensor,
+        mode: str,
     ) -> torch.Tensor:
         """The attention output of the selected query rows with the placeholder columns re-weighted."""
         batch = hidden.shape[0]
@@ -151,8 +163,8 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
         query = attn.head_to_batch_dim(attn.to_q(hidden))
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
-        factor = column_factor(weight, reweight.columns).repeat_interleave(attn.heads, dim=0)
-        probs = weighted_probs(attn, query, key, factor, reweight.mode, attention_mask)
+        factor = column_factor(weight, columns).repeat_interleave(attn.heads, dim=0)
+        probs = weighted_probs(attn, query, key, factor, mode, attention_mask)
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
