@@ -118,6 +118,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self._vocab: Any = None
+        self._reweighting_on: tuple[str, ...] = ()  # the layer groups whose processors are installed
 
     # -- fit / load -----------------------------------------------------------------------------------
 
@@ -245,8 +246,9 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         mode = cfg.attention_reweighting
-        if mode != "off":
+        if mode != "off" and self._reweighting_on != tuple(cfg.reweighting_layers):
             rw.install(c.unet, cfg.reweighting_layers)
+            self._reweighting_on = tuple(cfg.reweighting_layers)
         boxes, crops, cmasks, prompts = [], [], [], []
         for r in reqs:
             if r.normal.ndim != 3 or r.normal.shape[2] != 3 or r.mask.shape != r.normal.shape[:2]:

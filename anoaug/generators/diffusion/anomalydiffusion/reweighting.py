@@ -50,7 +50,9 @@ class Reweight:
     region: torch.Tensor
     columns: torch.Tensor
     mode: str
+    kv_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     _levels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     def at(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows (B, S) bool, weight (B, S)) for a UNet level whose attention has `seq_len` query rows."""
@@ -70,6 +72,21 @@ class Reweight:
             rows = region & self.columns.any(dim=1, keepdim=True)
             self._levels[seq_len] = (rows, torch.where(rows, weight, torch.ones_like(weight)))
         return self._levels[seq_len]
+
+    def plan(self, seq_len: int, heads: int) -> tuple[torch.Tensor, ...] | None:
+        """What a layer re-weights at this level: (items, union rows, each item's own rows among them (I, R),
+        the (I*heads, R, L) column factor, the items as a tuple); None when no row is re-weighted."""
+        if (seq_len, heads) not in self._plans:
+            rows, weight = self.at(seq_len)
+            plan = None
+            if bool(rows.any()):
+                items = rows.any(dim=1).nonzero().squeeze(1)
+                idx = rows[items].any(dim=0).nonzero().squeeze(1)
+                factor = column_factor(weight[items][:, idx], self.columns[items])
+                own = rows[items][:, idx]
+                plan = (items, idx, own, factor.repeat_interleave(heads, dim=0), tuple(items.tolist()))
+            self._plans[(seq_len, heads)] = plan
+        return self._plans[(seq_len, heads)]
 
 
 def column_factor(rows_weight: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -124,52 +141,34 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
         if plain:
             return out
         assert reweight is not None
-        rows, weight = reweight.at(hidden_states.shape[1])
-        if not bool(rows.any()):
+        plan = reweight.plan(hidden_states.shape[1], attn.heads)
+        if plan is None:
             return out
-        # Only the batch items with re-weighted rows (not the unconditional half) and only the union of their rows.
-        items = rows.any(dim=1).nonzero().squeeze(1)
-        idx = rows[items].any(dim=0).nonzero().squeeze(1)
-        mask = None if attention_mask is None else attention_mask[items]
-        sub = self._rows(
-            attn,
-            hidden_states[items][:, idx],
-            encoder_hidden_states[items],
-            mask,
-            weight[items][:, idx],
-            reweight.columns[items],
-            reweight.mode,
-        )
-        manual = out.clone()
-        manual[items[:, None], idx[None, :]] = sub.to(out.dtype)
-        return torch.where(rows[..., None], manual, out)
-
-    @staticmethod
-    def _rows(
-        attn: Attention,
-        hidden: torch.Tensor,
-        context: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        weight: torch.Tensor,
-        columns: torch.Tensor,
-        mode: str,
-    ) -> torch.Tensor:
-        """The attention output of the selected query rows with the placeholder columns re-weighted."""
-        batch = hidden.shape[0]
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
+        items, idx, own, factor, items_key = plan
+        # Keys and values of the (fixed) text states are the same at every step: computed once per layer and run.
+        key = (id(attn), encoder_hidden_states.data_ptr(), items_key)
+        if key not in reweight.kv_cache:
+            context = encoder_hidden_states[items]
+            if attn.norm_cross:
+                context = attn.norm_encoder_hidden_states(context)
+            reweight.kv_cache[key] = (
+                attn.head_to_batch_dim(attn.to_k(context)),
+                attn.head_to_batch_dim(attn.to_v(context)),
+            )
+        k, v = reweight.kv_cache[key]
+        at = (items[:, None], idx[None, :])
+        hidden = hidden_states[at]
+        mask = None
         if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-        query = attn.head_to_batch_dim(attn.to_q(hidden))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        factor = column_factor(weight, columns).repeat_interleave(attn.heads, dim=0)
-        probs = weighted_probs(attn, query, key, factor, mode, attention_mask)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
+            mask = attn.prepare_attention_mask(attention_mask[items], encoder_hidden_states.shape[1], len(items))
+        probs = weighted_probs(attn, attn.head_to_batch_dim(attn.to_q(hidden)), k, factor, reweight.mode, mask)
+        sub = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
         if attn.residual_connection:
-            out = out + hidden
-        return out / attn.rescale_output_factor
+            sub = sub + hidden
+        sub = sub / attn.rescale_output_factor
+        # Write only each item's own re-weighted rows (the union of rows may include others' rows).
+        out[at] = torch.where(own[..., None], sub.to(out.dtype), out[at])
+        return out
 
 
 def cross_attention_names(unet: Any, layers: list[str] | tuple[str, ...]) -> list[str]:
@@ -179,12 +178,15 @@ def cross_attention_names(unet: Any, layers: list[str] | tuple[str, ...]) -> lis
 
 
 def install(unet: Any, layers: list[str] | tuple[str, ...]) -> int:
-    """Put a `ReweightingAttnProcessor` on the chosen cross-attention layers (others unchanged); returns how many."""
+    """Put a `ReweightingAttnProcessor` on the chosen cross-attention layers (the library default elsewhere);
+    returns how many."""
     procs = dict(unet.attn_processors)
     names = cross_attention_names(unet, layers)
-    for n in names:
-        if not isinstance(procs[n], ReweightingAttnProcessor):
+    for n, proc in procs.items():
+        if n in names and not isinstance(proc, ReweightingAttnProcessor):
             procs[n] = ReweightingAttnProcessor()
+        elif n not in names and isinstance(proc, ReweightingAttnProcessor):  # a group no longer chosen
+            procs[n] = AttnProcessor2_0()
     unet.set_attn_processor(procs)
     return len(names)
 
@@ -269,10 +271,11 @@ class Reweighter:
         self.alphas = scheduler.alphas_cumprod.to(known.device, torch.float32)
         self.prediction = scheduler.config.prediction_type
         self.x0_hat: torch.Tensor | None = None
+        self.kv_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: keys / values of the states
 
     def _batch(self, weight: torch.Tensor, region: torch.Tensor) -> Reweight:
         rep = [self.copies, 1, 1, 1]
-        return Reweight(weight.repeat(*rep), region.repeat(*rep), self.columns, self.mode)
+        return Reweight(weight.repeat(*rep), region.repeat(*rep), self.columns, self.mode, self.kv_cache)
 
     def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> Reweight | None:
         """This step's re-weighting (None at the paper form's first step: no x0 prediction yet)."""
