@@ -46,6 +46,13 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
     "diffusion-sd": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
+    "anomalydiffusion": {
+        "resolution": 32,
+        "train_steps": 2,
+        "spatial_tokens": 2,
+        "attention_reweighting": "code",
+        "num_inference_steps": 3,
+    },
 }
 
 
@@ -57,6 +64,8 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     params = {name: dict(TINY_PARAMS.get(name, {})) for name in GENERATORS}
     if "diffusion-sd" in params:
         params["diffusion-sd"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "model"))
+    if "anomalydiffusion" in params:
+        params["anomalydiffusion"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ad") / "model"))
     return params
 
 

@@ -1,0 +1,1 @@
+"""The `anomalydiffusion` generator (AnomalyDiffusion: anomaly + spatial embeddings, attention re-weighting)."""
