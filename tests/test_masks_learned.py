@@ -177,3 +177,30 @@ def test_masks_stage_records_acceptance(
     assert stages.needs_base_model(on_base)
     with pytest.raises(SpecError, match="pretrain"):
         stages.with_base_masks(on_base, None)
+
+
+@pytest.mark.slow
+def test_run_with_learned_masks_on_the_base_model(
+    tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import FLOW_TINY
+    from tests.test_flows_base_model import _pretrain_sets
+
+    monkeypatch.setenv(art.CACHE_ENV, str(tmp_path / "cache"))
+    learned = json.dumps(_learned("base", threshold=0.55, max_border_fraction=0.5, max_samples_per_type=12))
+    args = ["run", "demo/cap", "--out", str(tmp_path / "runs"), "--data-root", str(demo_root), *FLOW_TINY,
+            "--set", "generation.count_per_type=2", "--set", "masks.source=learned",
+            "--set", f"masks.learned={learned}", "--set", "masks.scale=[0.3,0.5]", *_pretrain_sets()]  # fmt: skip
+    code, text = run_cli(args)
+    assert code == 0, text
+    run_dir = tmp_path / "runs" / "demo" / "cap"
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert list(manifest["stages"])[:3] == ["split", "pretrain", "masks"]  # the base model before the masks
+    info = json.loads((run_dir / "masks" / "stage.json").read_text())["info"]
+    assert info["learned"]["accepted"] > 0
+    summary = json.loads((run_dir / "masks" / "summary.json").read_text())
+    assert Path(summary["spec"]["learned"]["model"]).resolve() == (run_dir / "pretrain" / "model").resolve()
+    samples = pq.read_table(run_dir / "generate" / "cutpaste" / "samples.parquet").to_pylist()
+    assert len(samples) == 4
+    code, text = run_cli(args)  # unchanged: every stage reused, nothing retrained
+    assert code == 0 and "up to date" in text, text
