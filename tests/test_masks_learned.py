@@ -173,6 +173,8 @@ def test_masks_stage_records_acceptance(
     assert info["learned"]["acceptance_rate"] == res.info["learned"]["acceptance_rate"]
     other = load_spec("demo/cap", {"masks": {"source": "learned", "learned": {**learned, "tokens": 3}}})
     assert stages.masks_fingerprint(other, split) != stages.masks_fingerprint(spec, split)
+    bank, bank_tuned = load_spec("demo/cap"), load_spec("demo/cap", {"masks": {"learned": {"tokens": 3}}})
+    assert stages.masks_fingerprint(bank, split) == stages.masks_fingerprint(bank_tuned, split)  # unused there
     on_base = load_spec("demo/cap", {"masks": {"source": "learned"}})
     assert stages.needs_base_model(on_base)
     with pytest.raises(SpecError, match="pretrain"):

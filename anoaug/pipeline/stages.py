@@ -278,10 +278,17 @@ def stage_split(spec: PipelineSpec, root: str | Path, run_dir: str | Path, force
 # --- masks ------------------------------------------------------------------------------------------
 
 
+def masks_section(spec: PipelineSpec) -> dict[str, Any]:
+    """The masks section as fingerprinted: ``masks.learned`` only counts when ``source: learned`` (so tuning
+    it never invalidates bank runs, whose keys stay what they were before the learned source existed)."""
+    learned = spec.masks.source == "learned"
+    return spec.masks.model_dump(mode="json", exclude=None if learned else {"learned"})
+
+
 def masks_fingerprint(spec: PipelineSpec, split: StageResult, base: StageResult | None = None) -> str:
     """Masks section (``masks.learned`` included) + kind + seed + split hash (+ the base model's hash when
     learned masks run on ``model: base``)."""
-    parts: list[Any] = ["masks", spec.dataset.kind, spec.seed, spec.masks, split.content_hash]
+    parts: list[Any] = ["masks", spec.dataset.kind, spec.seed, masks_section(spec), split.content_hash]
     if masks_use_base_model(spec):
         parts.append({"base_model": base.content_hash if base is not None else None})
     return fingerprint(*parts)
@@ -414,7 +421,7 @@ def generate_fingerprint(
         generator,
         params,
         spec.generation,
-        spec.masks,
+        masks_section(spec),
         spec.dataset.kind,
         spec.seed,
         split.content_hash,
