@@ -123,7 +123,7 @@ def _model_folder(model: str) -> Path:
         raise MaskError(
             "masks.learned.model 'base' (the base model pretrained on the run's normal images) is resolved by "
             "`anoaug run`; elsewhere pretrain one with `anoaug pretrain SPEC --out DIR` and set "
-            "masks.learned.model=DIR/model (or a diffusers Stable Diffusion folder)"
+            "masks.learned.model=DIR (or a diffusers Stable Diffusion folder)"
         )
     try:
         return resolve_model_folder(model)
