@@ -206,3 +206,12 @@ def test_run_with_learned_masks_on_the_base_model(
     assert len(samples) == 4
     code, text = run_cli(args)  # unchanged: every stage reused, nothing retrained
     assert code == 0 and "up to date" in text, text
+
+
+def test_model_base_outside_a_run_is_a_clear_error(tmp_path: Path, demo_root: Path) -> None:
+    code, text = run_cli(
+        ["masks", "demo/cap", "--data-root", str(demo_root), "--out", str(tmp_path / "m"), "-n", "2",
+         "--set", "masks.source=learned"]
+    )  # fmt: skip
+    assert code == 2
+    assert "anoaug pretrain" in " ".join(text.split()) and "masks.learned.model" in text
