@@ -189,6 +189,10 @@ def masks_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed (default: the spec's).")] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="object or texture (default: spec).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a spec key: --set masks.source=learned (repeatable)."),
+    ] = None,
 ) -> None:
     """Synthesize defect masks in the foreground: masks, trimaps, masks.parquet, summary, contact sheet."""
     from rich.markup import escape
@@ -199,7 +203,12 @@ def masks_cmd(
 
     if kind is not None and kind not in ("object", "texture"):
         raise MaskError(f"--kind must be object or texture, got {kind!r}")
-    spec = resolve_spec(spec_or_root, category)
+    if sets:
+        from anoaug.pipeline.config import parse_sets, prepare_spec
+
+        spec = prepare_spec(spec_or_root, category=category, sets=parse_sets(sets))
+    else:
+        spec = resolve_spec(spec_or_root, category)
     result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root)
     s = result.summary
     console.print(f"kind: [bold]{result.kind}[/bold] ({escape(result.kind_reason)})", highlight=False)
@@ -209,6 +218,14 @@ def masks_cmd(
             f"  {escape(dtype)}: {t['synthesized']} masks, acceptance {t['acceptance_rate']:.1%}, "
             f"median area {synth_area:.0f} px (real {real_area:.0f})",
             highlight=False,
+        )
+    if "learned" in s:
+        lr = s["learned"]
+        console.print(
+            f"learned masks: {lr['accepted']} of {lr['sampled']} sampled accepted ({lr['acceptance_rate']:.1%}), "
+            f"artifact {escape(lr['artifact'])}",
+            highlight=False,
+            soft_wrap=True,
         )
     flagged = s["foreground"]["flagged"]
     if flagged:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anoaug.errors import SpecError
+from anoaug.masks.learned.settings import LearnedMasksSettings
 
 PIPELINES_ENV = "ANOAUG_PIPELINES"
 BASE_MODEL = "base"  # a generator's `model` setting that names the model the pipeline's pretrain stage learns
@@ -85,6 +86,9 @@ class MasksSection(Section):
     component_gap: int = Field(default=3, ge=0, description="Components closer than this (px) stay together.")
     min_component_area: int = Field(default=8, ge=1, description="Drop split components smaller than this.")
     foreground: ForegroundSection = Field(default_factory=ForegroundSection)
+    learned: LearnedMasksSettings = Field(
+        default_factory=LearnedMasksSettings, description="source: learned (anoaug.masks.learned.settings)."
+    )
 
     @field_validator("rotation", "scale")
     @classmethod

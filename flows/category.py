@@ -40,7 +40,7 @@ def split_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
 
 
 def masks_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("masks", stages.masks_fingerprint(p["spec"], p["split"]), p["run_dir"])
+    return _key("masks", stages.masks_fingerprint(p["spec"], p["split"], p.get("base")), p["run_dir"])
 
 
 def pretrain_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
@@ -83,9 +83,16 @@ def split_task(spec: PipelineSpec, root: Path, run_dir: Path, force: bool = Fals
 
 
 @task(name="masks", cache_key_fn=masks_key, persist_result=True)
-def masks_task(spec: PipelineSpec, root: Path, run_dir: Path, split: StageResult, force: bool = False) -> StageResult:
-    """Foreground + synthesized masks (QA sample)."""
-    return stages.stage_masks(spec, root, run_dir, split, force=force)
+def masks_task(
+    spec: PipelineSpec,
+    root: Path,
+    run_dir: Path,
+    split: StageResult,
+    force: bool = False,
+    base: StageResult | None = None,
+) -> StageResult:
+    """Foreground + synthesized masks (QA sample); ``base``: the pretrain result for learned masks on it."""
+    return stages.stage_masks(spec, root, run_dir, split, force=force, base=base)
 
 
 @task(
@@ -210,20 +217,27 @@ def run_category_stages(
         spec=spec, root=root, run_dir=run_dir,
     )  # fmt: skip
     results.append(split)
-    masks: StageResult | None = None
-    if not skip_masks:
-        masks = _call(
-            masks_task, storage, d(run_dir, "masks"), stages.masks_fingerprint(spec, split), force,
-            spec=spec, root=root, run_dir=run_dir, split=split,
-        )  # fmt: skip
-        results.append(masks)
     base: StageResult | None = None
-    if stages.needs_base_model(spec):
-        base = _call(
+
+    def pretrain() -> StageResult:
+        r = _call(
             pretrain_task, storage, d(run_dir, "pretrain"), stages.pretrain_fingerprint(spec, split), force,
             spec=spec, root=root, run_dir=run_dir, split=split,
         )  # fmt: skip
-        results.append(base)
+        results.append(r)
+        return r
+
+    if stages.masks_use_base_model(spec):  # learned masks on the base model: pretrain before masks
+        base = pretrain()
+    masks: StageResult | None = None
+    if not skip_masks:
+        masks = _call(
+            masks_task, storage, d(run_dir, "masks"), stages.masks_fingerprint(spec, split, base), force,
+            spec=spec, root=root, run_dir=run_dir, split=split, base=base,
+        )  # fmt: skip
+        results.append(masks)
+    if base is None and stages.needs_base_model(spec):
+        base = pretrain()
     generated: dict[str, StageResult] = {}
     for name in spec.producers():
         fp = stages.generate_fingerprint(spec, split, masks, name, base)

@@ -299,7 +299,7 @@ def test_from_split_rejects_unimplemented_source_and_wrong_category(tmp_path: Pa
     data = read_category(root, "widget")
     split = make_split(data, seed=0)
     with pytest.raises(MaskError, match="not implemented"):
-        MaskSynthesizer.from_split(data, split, MasksSection(source="learned"), "object")
+        MaskSynthesizer.from_split(data, split, MasksSection(source="perlin"), "object")
     other = make_mvtec(tmp_path / "ds2", category="gadget", defects={"scratch": 3})
     with pytest.raises(MaskError, match="category"):
         MaskSynthesizer.from_split(read_category(other, "gadget"), split, MasksSection(), "object")

@@ -4,6 +4,9 @@
   or a local TorchScript model), object/texture detection and a per-image-hash cache;
 * ``anoaug.masks.synthesis`` -- the bank of real generator-training masks and ``MaskSynthesizer``,
   which places a randomly rotated and scaled bank mask inside the foreground of a normal image;
+* ``anoaug.masks.learned`` -- ``masks.source: learned``: mask shapes sampled from tokens learned by textual
+  inversion of the real training masks, placed by the same ``MaskSynthesizer``;
+* ``anoaug.masks.sources`` -- ``make_synthesizer``: the synthesizer of a spec's ``masks.source``;
 * ``anoaug.masks.run`` -- the ``anoaug masks`` command: masks, trimaps, a Parquet manifest, a summary and
   a contact sheet.
 

@@ -33,7 +33,8 @@ from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest, ensure_split
 from anoaug.masks import MaskError
 from anoaug.masks.foreground import foreground_flags
-from anoaug.masks.synthesis import BankMask, MaskBank, MaskSynthesizer, SynthesizedMask, resolve_kind
+from anoaug.masks.sources import make_synthesizer
+from anoaug.masks.synthesis import BankMask, MaskBank, SynthesizedMask, resolve_kind
 from anoaug.png import write_png
 from anoaug.spec import PipelineSpec
 
@@ -169,7 +170,7 @@ def run_masks(
             min_gen_train=spec.split.min_gen_train,
         )
     kind_name, reason = resolve_kind(kind or spec.dataset.kind, data)
-    synth = MaskSynthesizer.from_split(data, split, spec.masks, kind_name)
+    synth = make_synthesizer(data, split, spec.masks, kind_name, seed)
     bank = synth.source
     types = synth.defect_types
     normals = split.rows("train_normal")
@@ -236,14 +237,19 @@ def run_masks(
             "spec": spec.masks.model_dump(mode="json"),
         }
     )
+    if hasattr(bank, "report"):  # learned masks: the artifact, training and sampling acceptance
+        summary["learned"] = bank.report()
     text = json.dumps(summary, indent=2, sort_keys=True)
     _atomic_bytes(out / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
 
     sheet_rows: list[list[np.ndarray]] = []
+    real_bank = bank if isinstance(bank, MaskBank) else getattr(bank, "real", None)  # learned: .real
     for dtype in types:
-        real = bank.candidates(dtype)[:SHEET_COLS] if isinstance(bank, MaskBank) else []
+        real = real_bank.candidates(dtype)[:SHEET_COLS] if isinstance(real_bank, MaskBank) else []
         if real:
             sheet_rows.append([bank_tile(e, f"real {dtype}") for e in real])
+        if real_bank is not bank and bank.candidates(dtype):  # learned masks as sampled, before placement
+            sheet_rows.append([bank_tile(e, f"learned {dtype}") for e in bank.candidates(dtype)[:SHEET_COLS]])
         synth_tiles = [t for _, t in sorted(tiles[dtype], key=lambda x: x[0])]
         for k in range(0, len(synth_tiles), SHEET_COLS):
             sheet_rows.append(synth_tiles[k : k + SHEET_COLS])

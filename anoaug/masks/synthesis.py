@@ -248,8 +248,10 @@ class MaskSynthesizer:
         cls, data: CategoryData, split: SplitManifest, spec: MasksSection, kind: str
     ) -> MaskSynthesizer:
         """A synthesizer over the generator-training masks of ``split`` (never an evaluation mask)."""
+        if spec.source == "learned":
+            raise MaskError("masks.source 'learned' is built by anoaug.masks.sources.make_synthesizer, not from_split")
         if spec.source != "bank":
-            raise MaskError(f"masks.source {spec.source!r} is not implemented yet; use 'bank'")
+            raise MaskError(f"masks.source {spec.source!r} is not implemented yet; use 'bank' or 'learned'")
         return cls(MaskBank.from_split(data, split, spec), spec, kind)
 
     @property

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from anoaug.atomic import atomic_write_text
 from anoaug.errors import AnoaugError, SpecError
 from anoaug.pipeline.fingerprint import files_hash, fingerprint, listing_hash
-from anoaug.spec import PipelineSpec, arm_producer
+from anoaug.spec import BASE_MODEL, PipelineSpec, arm_producer
 
 STAGE_FILE = "stage.json"
 ERROR_FILE = "error.log"
@@ -278,27 +278,50 @@ def stage_split(spec: PipelineSpec, root: str | Path, run_dir: str | Path, force
 # --- masks ------------------------------------------------------------------------------------------
 
 
-def masks_fingerprint(spec: PipelineSpec, split: StageResult) -> str:
-    return fingerprint("masks", spec.dataset.kind, spec.seed, spec.masks, split.content_hash)
+def masks_section(spec: PipelineSpec) -> dict[str, Any]:
+    """The masks section as fingerprinted: ``masks.learned`` only counts when ``source: learned`` (so tuning
+    it never invalidates bank runs, whose keys stay what they were before the learned source existed)."""
+    learned = spec.masks.source == "learned"
+    return spec.masks.model_dump(mode="json", exclude=None if learned else {"learned"})
+
+
+def masks_fingerprint(spec: PipelineSpec, split: StageResult, base: StageResult | None = None) -> str:
+    """Masks section (``masks.learned`` included) + kind + seed + split hash (+ the base model's hash when
+    learned masks run on ``model: base``)."""
+    parts: list[Any] = ["masks", spec.dataset.kind, spec.seed, masks_section(spec), split.content_hash]
+    if masks_use_base_model(spec):
+        parts.append({"base_model": base.content_hash if base is not None else None})
+    return fingerprint(*parts)
 
 
 def stage_masks(
-    spec: PipelineSpec, root: str | Path, run_dir: str | Path, split: StageResult, force: bool = False
+    spec: PipelineSpec,
+    root: str | Path,
+    run_dir: str | Path,
+    split: StageResult,
+    force: bool = False,
+    base: StageResult | None = None,
 ) -> StageResult:
     """Foreground + synthesized masks (a QA sample of what generation will place), on the split stage's
-    manifest."""
+    manifest; ``base`` is the pretrain stage's result when learned masks run on ``model: base``."""
 
     def body(out: Path, resume: bool) -> StageOutput:
         from anoaug.masks.run import run_masks
 
-        res = run_masks(spec, MASKS_QA_COUNT, out, data=_read_data(spec, root), split=_read_split(split))
+        data, manifest = _read_data(spec, root), _read_split(split)
+        res = run_masks(with_base_masks(spec, base), MASKS_QA_COUNT, out, data=data, split=manifest)
         outputs = {"masks": out / "masks.parquet", "summary": out / "summary.json"}
         if (out / "contact_sheet.png").is_file():
             outputs["contact_sheet"] = out / "contact_sheet.png"
         info = {"kind": res.kind, "kind_reason": res.kind_reason, "written": res.written, "failures": len(res.failures)}
+        info["acceptance_rate"] = res.summary.get("acceptance_rate")
+        if "learned" in res.summary:
+            learned = res.summary["learned"]
+            info["learned"] = {k: learned[k] for k in ("sampled", "accepted", "acceptance_rate", "train")}
         return StageOutput(outputs, info)
 
-    return run_stage("masks", masks_fingerprint(spec, split), stage_dir(run_dir, "masks"), body, force)
+    fp = masks_fingerprint(spec, split, base)
+    return run_stage("masks", fp, stage_dir(run_dir, "masks"), body, force)
 
 
 # --- pretrain (the base model of `model: base`) -----------------------------------------------------
@@ -306,9 +329,26 @@ def stage_masks(
 PRETRAIN_MODEL_DIR = "model"
 
 
+def masks_use_base_model(spec: PipelineSpec) -> bool:
+    """True when the run's masks are learned on the base model (``masks.source: learned``, ``model: base``)."""
+    return spec.masks.source == "learned" and spec.masks.learned.model == BASE_MODEL
+
+
 def needs_base_model(spec: PipelineSpec) -> bool:
-    """True when some producer of the run has ``model: base`` (then the pretrain stage runs first)."""
-    return any(spec.uses_base_model(name) for name in spec.producers())
+    """True when some producer of the run, or the learned masks, have ``model: base`` (then the pretrain
+    stage runs first, before the masks stage)."""
+    return masks_use_base_model(spec) or any(spec.uses_base_model(name) for name in spec.producers())
+
+
+def with_base_masks(spec: PipelineSpec, base: StageResult | None) -> PipelineSpec:
+    """``spec`` with ``masks.learned.model: base`` replaced by the pretrain stage's model folder (a copy)."""
+    if not masks_use_base_model(spec):
+        return spec
+    if base is None:
+        raise SpecError("masks.learned.model is base, but no pretrain stage ran for it", spec.source)
+    out = spec.model_copy(deep=True)
+    out.masks.learned.model = str(base.path("model"))
+    return out
 
 
 def pretrain_settings(spec: PipelineSpec) -> Any:  # -> PretrainSettings
@@ -381,13 +421,13 @@ def generate_fingerprint(
         generator,
         params,
         spec.generation,
-        spec.masks,
+        masks_section(spec),
         spec.dataset.kind,
         spec.seed,
         split.content_hash,
         masks.content_hash if masks is not None else None,
     ]
-    if spec.uses_base_model(producer):
+    if spec.uses_base_model(producer) or masks_use_base_model(spec):
         parts.append({"base_model": base.content_hash if base is not None else None})
     return fingerprint(*parts)
 
@@ -409,7 +449,7 @@ def stage_generate(
         from anoaug.shards import generate_category
 
         summary = generate_category(
-            with_base_model(spec, producer, base),
+            with_base_masks(with_base_model(spec, producer, base), base),
             _read_data(spec, root),
             _read_split(split),
             producer,
@@ -523,16 +563,17 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
         split = done(stage_dir(run_dir, "split"), split_fingerprint(spec, root))
         if split is None:
             return None
-        masks = done(stage_dir(run_dir, "masks"), masks_fingerprint(spec, split))
-        if masks is None:
-            return None
-        results = [split, masks]
         base = None
         if needs_base_model(spec):
             base = done(stage_dir(run_dir, "pretrain"), pretrain_fingerprint(spec, split))
             if base is None:
                 return None
-            results.append(base)
+        masks = done(stage_dir(run_dir, "masks"), masks_fingerprint(spec, split, base))
+        if masks is None:
+            return None
+        # Stage order as run: pretrain first when learned masks need the base model, else after masks.
+        early = base is not None and masks_use_base_model(spec)
+        results = [split, base, masks] if early else [split, masks] + ([base] if base is not None else [])
         generated: dict[str, StageResult] = {}
         for name in spec.producers():
             g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name, base))

@@ -363,9 +363,9 @@ class _ContextBuilder:
         gen = get_generator(self.generator_name).load(self.artifact_dir)
         synth = self.synthesizer
         if synth is None:
-            from anoaug.masks.synthesis import MaskSynthesizer
+            from anoaug.masks.sources import make_synthesizer
 
-            synth = MaskSynthesizer.from_split(self.data, self.split, self.spec.masks, self.kind)
+            synth = make_synthesizer(self.data, self.split, self.spec.masks, self.kind, self.seed)
         normals = sorted(self.split.rows("train_normal"), key=lambda r: r["relpath"])
         return _Context(
             gen, synth, self.data.root, normals, self.defect_types, self.seed, self.lineage, self.batch_size
