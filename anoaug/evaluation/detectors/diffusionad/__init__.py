@@ -149,6 +149,8 @@ class DiffusionADDetector(Detector):
 
     def fit(self, train: list[Sample], context: FitContext, seed: int) -> None:
         """The settings' epochs over the normals of ``train``; its defects are the anomaly source."""
+        import time
+
         import lightning as L
 
         from anoaug.evaluation.datasets import balanced_loader, make_trainer
@@ -161,6 +163,7 @@ class DiffusionADDetector(Detector):
         if not normals:
             raise AnoaugError("diffusionad needs normal training images")
         size = normals[0].image.shape[0]
+        t0 = time.perf_counter()
         L.seed_everything(seed, verbose=False)
         sizes = self.sizes(size, context.profile)
         model = DiffusionADModel(size, sizes, s.num_train_timesteps, s.eval_timesteps, s.condition_w, s.top_k)
@@ -171,14 +174,18 @@ class DiffusionADDetector(Detector):
         self.epochs = s.epochs or cfg.epochs
         make_trainer(self.epochs, device=context.device).fit(module, train_dataloaders=loader)
         self.model, self.seed, self.sizes_used = model.eval(), seed, sizes
+        self.fit_seconds = time.perf_counter() - t0
         self.context = context
 
     def predict(self, eval_samples: list[Sample]) -> Prediction:
+        import time
+
         import torch
 
         from anoaug.evaluation.datasets import plain_loader
 
         ctx = self._fitted()
+        t0 = time.perf_counter()
         model = self.model.to(ctx.device).eval()
         model.noise_generator = torch.Generator().manual_seed(self.seed)  # the same noise for every arm
         scores, maps, recons = [], [], []
@@ -197,6 +204,8 @@ class DiffusionADDetector(Detector):
             "unet_channels": [z.base_channels * m for m in z.channel_mults],
             "eval_timesteps": list(self.settings.eval_timesteps),
             "top_k": model.k,
+            "fit_seconds": round(self.fit_seconds, 2),
+            "predict_seconds": round(time.perf_counter() - t0, 2),
         }
         arrays = {"reconstructions": torch.cat(recons).numpy()} if self.settings.reconstructions else {}
         return Prediction(torch.cat(scores).numpy(), torch.cat(maps).numpy(), info=info, arrays=arrays)
