@@ -32,6 +32,7 @@ from anoaug.spec import load_spec, spec_for_root
 from tests.test_eval_protocol import write_shards
 
 BUILT_IN = {"segmenter", "classifier", "supersimplenet", "draem", "padim", "patchcore"}
+BUILT_IN |= {"diffusionad"}
 
 
 def _spec_file(tmp_path: Path, evaluation: dict[str, Any]) -> Path:

@@ -14,6 +14,7 @@ from anoaug.evaluation.metrics import classification_metrics, image_metrics, pix
 from anoaug.evaluation.protocol import Sample
 
 RUN_FIELDS = ("model", "arm", "seed", "category", "metrics", "seconds")  # metrics.json fields of the runner
+AD_ARRAYS = ("ids", "defect_types", "labels", "scores", "maps", "masks")  # predictions.npz fields of an 'ad' run
 
 
 def _check(task: Task, pred: Prediction, samples: list[Sample], who: str) -> None:
@@ -29,6 +30,9 @@ def _check(task: Task, pred: Prediction, samples: list[Sample], who: str) -> Non
                 f"detector {who!r}: scores {pred.scores.shape} / maps {pred.maps.shape} do not match "
                 f"{len(samples)} evaluation samples of {size}"
             )
+        bad = [k for k, v in pred.arrays.items() if k in AD_ARRAYS or len(v) != len(samples)]
+        if bad:
+            raise AnoaugError(f"detector {who!r}: extra arrays {bad} clash with {AD_ARRAYS} or are not one per sample")
     elif pred.classes is None or pred.targets is None or pred.ids is None or len(pred.classes) != len(pred.ids):
         raise AnoaugError(f"detector {who!r} (task 'ac') returned no classes, targets and ids of one length")
 
@@ -64,6 +68,7 @@ def save_prediction(run_dir: Path, task: Task, pred: Prediction, samples: list[S
             scores=pred.scores.astype(np.float32),
             maps=pred.maps.astype(np.float16),
             masks=np.stack([s.mask for s in samples]),
+            **pred.arrays,
         )
     else:
         save_npz(run_dir / "predictions.npz", ids=np.array(pred.ids), pred=pred.classes, true=pred.targets)

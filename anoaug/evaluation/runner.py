@@ -252,7 +252,7 @@ def run_evaluation(
         normals, defects, evals = samples.at(cls.image_size(cfg))
         detector = cls(settings[name])
         train = normals + (defects[arm.name] if arm is not None else [])
-        detector.fit(train, FitContext(cfg, defect_types, device), seed)
+        detector.fit(train, FitContext(cfg, defect_types, device, spec.profile), seed)
         return detector.predict(evals), evals
 
     def one_class(name: str, seed: int) -> tuple[Prediction, list[Sample]]:

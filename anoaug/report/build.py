@@ -206,6 +206,16 @@ def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> 
                             f"{model} / {arm} (seed {seed}): held-out real defects, anomaly map",
                             fig_dir / f"maps_{model}_{arm}.png",
                         )
+                        if "reconstructions" in p:  # detectors that reconstruct (diffusionad) save them
+                            figs[f"recon_{model}_{arm}"] = figures.reconstructions(
+                                real["images"][: len(sel)],
+                                p["reconstructions"][sel],
+                                p["maps"][sel],
+                                p["masks"][sel],
+                                real["defect_types"],
+                                f"{model} / {arm} (seed {seed}): held-out real defects, input / reconstruction / map",
+                                fig_dir / f"recon_{model}_{arm}.png",
+                            )
         figs[f"pr_{model}"] = figures.pr_curves(preds, model, fig_dir / f"pr_{model}.png")
     # Training pairs of each arm beside the held-out real defects.
     for name in ["real", "real-few", *arm_order]:
@@ -388,6 +398,7 @@ def render_html(report: Report) -> str:
         ("Precision-recall curves", "pr_"),
         ("Training pairs and real defects", "samples_"),
         ("Anomaly maps on held-out real defects", "maps_"),
+        ("Reconstructions of held-out real defects", "recon_"),
         ("Defect-type confusion matrices", "confusion_"),
     ]
     for title, prefix in sections:

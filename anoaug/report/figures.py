@@ -114,6 +114,38 @@ def map_overlays(
     return _save(fig, path)
 
 
+def reconstructions(
+    images: np.ndarray,
+    recons: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    types: np.ndarray,
+    title: str,
+    path: Path,
+) -> Path | None:
+    """Held-out defects, one per column: input (ground-truth contour), reconstruction, anomaly map."""
+    n = min(len(images), 6)
+    if n == 0:
+        return None
+    fig, axes = plt.subplots(3, n, figsize=(2 * n, 6.3), squeeze=False)
+    vmax = float(np.nanmax(maps[:n])) if maps.size else 1.0
+    vmin = float(np.nanmin(maps[:n])) if maps.size else 0.0
+    for i in range(n):
+        axes[0][i].imshow(images[i])
+        axes[0][i].contour(masks[i], levels=[0.5], colors="red", linewidths=0.8)
+        axes[0][i].set_title(str(types[i]), fontsize=8)
+        axes[1][i].imshow(recons[i])
+        axes[2][i].imshow(maps[i].astype(np.float32), cmap="jet", vmin=vmin, vmax=vmax)
+        axes[2][i].contour(masks[i], levels=[0.5], colors="white", linewidths=0.6)
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    for row, name in enumerate(("input", "reconstruction", "anomaly map")):
+        axes[row][0].text(-0.08, 0.5, name, rotation=90, transform=axes[row][0].transAxes, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
     ax.imshow(cm, cmap="Blues")

@@ -44,6 +44,8 @@ class Prediction:
     ``"ac"``: ``classes`` (M,) predicted and ``targets`` (M,) true indices into the defect types, for
     the M samples named in ``ids`` (the classifier predicts on defective samples only).
     ``info``: extra fields of the run's metrics.json; ``implementation`` at least.
+    ``arrays``: extra per-sample arrays (first axis N) saved in predictions.npz under their names, e.g.
+    DiffusionAD's ``reconstructions`` (N, H, W, 3) uint8; the report draws them when present.
     """
 
     scores: np.ndarray | None = None
@@ -52,6 +54,7 @@ class Prediction:
     targets: np.ndarray | None = None
     ids: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class FitContext:
     cfg: EvaluationSection  # the profile-resolved evaluation section (epochs, batch size, ...)
     defect_types: list[str]  # the category's defect types: the class order of the 'ac' task
     device: str = "cpu"  # resolved torch device ("cpu", "cuda:0", "mps")
+    profile: str = "cpu-tiny"  # the spec's profile: detectors without a cfg field for a size pick it by this
 
 
 class Detector(ABC):
@@ -112,6 +116,7 @@ BUILTIN_DETECTORS = (
     "anoaug.evaluation.detectors.draem",
     "anoaug.evaluation.detectors.padim",
     "anoaug.evaluation.detectors.patchcore",
+    "anoaug.evaluation.detectors.diffusionad",
 )
 DETECTORS: Registry[Detector] = Registry("detector", BUILTIN_DETECTORS, error=SpecError)
 
