@@ -75,8 +75,15 @@ def ours(model: str, category: str, cases: list[Case], seeds: list[int], params:
     from anoaug.generators import DefectExample, FitData, GenerationRequest, get_generator
 
     gen = get_generator("diffusion-sd")(
-        {"model": model, "textual_inversion": False, "lora_rank": 0, "spatial_tokens": 0, "train_steps": 0,
-         "generation_batch_size": 1, **params}  # fmt: skip
+        {
+            "model": model,
+            "textual_inversion": False,
+            "lora_rank": 0,
+            "spatial_tokens": 0,
+            "train_steps": 0,
+            "generation_batch_size": 1,
+            **params,
+        }  # fmt: skip
     )
     example = DefectExample(image=cases[0].normal, mask=cases[0].mask, defect_type=cases[0].defect_type,
                             relpath="bench")  # fmt: skip
@@ -185,8 +192,10 @@ def compare(model: str, cases: list[Case], seeds: list[int], params: dict[str, A
         "peer_outside_diff_window": outside_diff(cases, seeds, b.images, res),
         "ours_images": a.images,
         "peer_images": b.images,
-        "settings": {k: getattr(gen.settings, k) for k in ("resolution", "context", "scheduler",
-                                                           "num_inference_steps", "guidance_scale")},  # fmt: skip
+        "settings": {
+            k: getattr(gen.settings, k)
+            for k in ("resolution", "context", "scheduler", "num_inference_steps", "guidance_scale")
+        },  # fmt: skip
     }
 
 
@@ -227,7 +236,8 @@ def main() -> None:
     model = args.model or minimal_base(args.demo_root, Path(tempfile.mkdtemp(prefix="anoaug-peer-")) / "sd")
     res = int(read_card(model)["resolution"])
     cases = demo_cases(args.demo_root, args.category, args.n)
-    params = {"resolution": res, "num_inference_steps": args.steps, "guidance_scale": args.guidance, "scheduler": "ddim"}
+    params = {"resolution": res, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+              "scheduler": "ddim"}  # fmt: skip
     r = compare(str(model), cases, list(args.seeds), params, args.repeats, args.category)
     n = len(cases) * len(args.seeds)
     print(f"model {model} ({res} px); demo/{args.category}: {len(cases)} normals x masks, seeds {args.seeds} "
