@@ -162,16 +162,17 @@ def outside_diff(cases: list[Case], seeds: list[int], images: list[np.ndarray], 
     return total / max(count, 1)
 
 
-def timed(run: Any, repeats: int, n_images: int) -> SideResult:
-    """Best seconds per image of `run` over 1 + `repeats` calls (the first warms up), and its last images."""
-    t0 = time.perf_counter()
-    images = run()
-    best = time.perf_counter() - t0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        images = run()
-        best = min(best, time.perf_counter() - t0)
-    return SideResult(images, best / n_images)
+def timed(runs: list[Any], repeats: int, n_images: int) -> list[SideResult]:
+    """Best seconds per image of each of `runs` over 1 + `repeats` rounds (the first warms up; the sides
+    alternate within a round, so that a change in machine load hits both), and the last images of each."""
+    best = [float("inf")] * len(runs)
+    images: list[list[np.ndarray]] = [[] for _ in runs]
+    for _ in range(1 + repeats):
+        for k, run in enumerate(runs):
+            t0 = time.perf_counter()
+            images[k] = run()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return [SideResult(im, b / n_images) for im, b in zip(images, best, strict=True)]
 
 
 def compare(model: str, cases: list[Case], seeds: list[int], params: dict[str, Any], repeats: int = 1,
@@ -180,7 +181,7 @@ def compare(model: str, cases: list[Case], seeds: list[int], params: dict[str, A
     gen, run_ours = ours(model, category, cases, seeds, params)
     run_peer = peer(model, gen, cases, seeds)
     n = len(cases) * len(seeds)
-    a, b = timed(run_ours, repeats, n), timed(run_peer, repeats, n)
+    a, b = timed([run_ours, run_peer], repeats, n)
     res = gen.settings.resolution
     return {
         "ours_s_per_image": a.seconds_per_image,
