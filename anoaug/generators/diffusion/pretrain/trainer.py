@@ -442,6 +442,7 @@ class BaseModelTrainer:
                 else f"{len(self.eval_images)} crops of training images (no category has 2+ normal training images)"
             ),
             "vae_loss": f"L1 + {s.ssim_weight} x (1 - SSIM) + {s.kl_weight} x KL; no perceptual or adversarial term",
+            "vae_weights": f"EMA, decay {s.vae_ema_decay}" if s.vae_ema_decay > 0 else "last step",
             "prompt_templates": list(text_mod.TEMPLATES),
             "reserved_tokens": text_mod.reserved_words(s.reserved_tokens),
             "vocabulary_words": len(self.words),
