@@ -92,6 +92,7 @@ def test_folder_layout_and_model_card(pretrained_sd: Path, demo_root: Path) -> N
     assert all("/train/good/" in i["relpath"] for i in card["trained_images"])  # never an evaluation image
     assert len(card["losses"]["vae"]) == s.vae_steps and card["seconds"]["total"] > 0
     assert card["scaling_factor"] > 0 and np.isfinite(card["vae_psnr_db"])
+    assert card["vae_weights"] == f"EMA, decay {s.vae_ema_decay}"  # the exported VAE is its weights' EMA
 
 
 def test_vae_reconstructs_held_out_normals_much_better_than_a_random_vae(pretrained_sd: Path, demo_root: Path) -> None:

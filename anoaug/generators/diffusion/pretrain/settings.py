@@ -40,6 +40,9 @@ class PretrainSettings(Settings):
     vae_lr: float = Field(1e-3, gt=0)
     ssim_weight: float = Field(0.2, ge=0, description="weight of (1 - SSIM) beside the L1 reconstruction loss")
     kl_weight: float = Field(1e-6, ge=0, description="KL weight per latent element relative to per-pixel L1")
+    vae_ema_decay: float = Field(
+        0.998, ge=0, lt=1, description="EMA of the VAE weights (the exported VAE); 0 = the last weights"
+    )
 
     # Text encoder (CLIP, trained with the UNet) and tokenizer (local vocabulary)
     text_width: int = Field(64, ge=8)

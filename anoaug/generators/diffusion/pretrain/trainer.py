@@ -107,7 +107,8 @@ class BaseModelTrainer:
             ]
         )
         self.unet_sched = get_scheduler("constant_with_warmup", self.unet_opt, num_warmup_steps=s.warmup_steps)
-        self.ema = self._new_ema()
+        self.ema = self._new_ema(self.unet, s.ema_decay)
+        self.vae_ema = self._new_ema(self.vae, s.vae_ema_decay) if s.vae_ema_decay > 0 else None
         held = normals.held_out or normals.train
         # Native-scale crops (no zoom): resized-down crops are smoother and would flatter the PSNR.
         self.eval_images, self.eval_categories = eval_crops(held, s.eval_crops, s.resolution, s.seed, 0.0)
@@ -123,11 +124,11 @@ class BaseModelTrainer:
         }
         self.resumed_from: dict[str, int] | None = None
 
-    def _new_ema(self) -> Any:
+    @staticmethod
+    def _new_ema(model: Any, decay: float) -> Any:
         from diffusers.training_utils import EMAModel
 
-        return EMAModel(self.unet.parameters(), decay=self.s.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
-                        power=2 / 3)  # fmt: skip
+        return EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
 
     # -- checkpoint ---------------------------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class BaseModelTrainer:
             "unet_opt": self.unet_opt.state_dict(),
             "unet_sched": self.unet_sched.state_dict(),
             "ema": self.ema.state_dict(),
+            "vae_ema": None if self.vae_ema is None else self.vae_ema.state_dict(),
             "rng": self.rng.bit_generator.state,
             "gen": self.gen.get_state(),
         }
@@ -188,6 +190,9 @@ class BaseModelTrainer:
         self.unet_sched.load_state_dict(blob["unet_sched"])
         self.ema.load_state_dict(blob["ema"])
         self.ema.to(self.device)
+        if self.vae_ema is not None:
+            self.vae_ema.load_state_dict(blob["vae_ema"])
+            self.vae_ema.to(self.device)
         self.rng.bit_generator.state = blob["rng"]
         self.gen.set_state(blob["gen"])
         self.resumed_from = dict(self.state["steps"])
@@ -255,6 +260,8 @@ class BaseModelTrainer:
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
         self.vae_opt.step()
         self.vae_sched.step()
+        if self.vae_ema is not None:
+            self.vae_ema.step(self.vae.parameters())
         return float(loss.detach())
 
     def unet_step(self) -> float:
@@ -286,8 +293,11 @@ class BaseModelTrainer:
         return float(loss.detach())
 
     def start_unet_phase(self) -> None:
-        """End of the VAE phase: freeze it, fix the latent scale, measure the untrained UNet's held-out loss."""
+        """End of the VAE phase: put its EMA weights in place, freeze it, fix the latent scale, measure the
+        untrained UNet's held-out loss."""
         s = self.s
+        if self.vae_ema is not None:
+            self.vae_ema.copy_to(self.vae.parameters())
         self.vae.eval()
         self.vae.requires_grad_(False)
         fit_crops, _ = eval_crops(self.normals.train, max(s.eval_crops, 64), s.resolution, s.seed + 1, s.zoom_prob)
@@ -432,6 +442,7 @@ class BaseModelTrainer:
                 else f"{len(self.eval_images)} crops of training images (no category has 2+ normal training images)"
             ),
             "vae_loss": f"L1 + {s.ssim_weight} x (1 - SSIM) + {s.kl_weight} x KL; no perceptual or adversarial term",
+            "vae_weights": f"EMA, decay {s.vae_ema_decay}" if s.vae_ema_decay > 0 else "last step",
             "prompt_templates": list(text_mod.TEMPLATES),
             "reserved_tokens": text_mod.reserved_words(s.reserved_tokens),
             "vocabulary_words": len(self.words),
