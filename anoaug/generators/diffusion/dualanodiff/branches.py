@@ -75,7 +75,9 @@ class BranchRouter:
 
         self.names: list[str] | None = None
         self._handles = [
-            m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in unet.modules() if isinstance(m, LoraLayer)
+            m.register_forward_pre_hook(self._hook, with_kwargs=True)
+            for m in unet.modules()
+            if isinstance(m, LoraLayer)
         ]
 
     def _hook(self, _module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

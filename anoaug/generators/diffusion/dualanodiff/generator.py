@@ -231,7 +231,9 @@ class DualAnoDiffGenerator(Generator):
         self._device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.mixed_precision, self._device)
         prompts = {t: (p[0], p[1]) for t, p in manifest.get("prompts", {}).items()}
-        self._ready(comps, model, prompts, str(manifest.get("category", "")), str(manifest.get("kind", "object")), dtype)
+        self._ready(
+            comps, model, prompts, str(manifest.get("category", "")), str(manifest.get("kind", "object")), dtype
+        )
 
     def _ready(self, comps: Any, model: Any, prompts: Any, category: str, kind: str, dtype: Any) -> None:
         """Models on the device in inference precision (VAE fp32), frozen, eval mode."""
@@ -286,8 +288,9 @@ class DualAnoDiffGenerator(Generator):
                 )
         fgs = [self._foreground(r) for r in reqs]
         # where the mask may lie: the object (whole), the request mask on the object (blended)
-        regions = [fg if cfg.mode == "whole" else (r.mask.astype(bool) & r.allowed) for r, fg in zip(
-            reqs, fgs, strict=True)]
+        regions = [
+            fg if cfg.mode == "whole" else (r.mask.astype(bool) & r.allowed) for r, fg in zip(reqs, fgs, strict=True)
+        ]
         results: list[GenerationResult | None] = [None] * len(reqs)
         pending = list(range(len(reqs)))
         for attempt in range(cfg.max_attempts):
@@ -319,8 +322,9 @@ class DualAnoDiffGenerator(Generator):
         whole = cfg.mode == "whole"
         frames = [Frame.make(r.mask, cfg.resolution, whole, cfg.context) for r in reqs]
         views = [f.image(r.normal) for f, r in zip(frames, reqs, strict=True)]
-        vmasks = [np.ones((cfg.resolution,) * 2, bool) if whole else f.mask(r.mask) for f, r in zip(
-            frames, reqs, strict=True)]
+        vmasks = [
+            np.ones((cfg.resolution,) * 2, bool) if whole else f.mask(r.mask) for f, r in zip(frames, reqs, strict=True)
+        ]
         prompts = [self.prompts_for(r.defect_type) for r in reqs]
         seeds = [_attempt_seed(int(r.seed), attempt) for r in reqs]
         guidance = cfg.guidance_scale
@@ -331,19 +335,23 @@ class DualAnoDiffGenerator(Generator):
             images = cond.images_to_tensor(views, dev)
             masks = cond.masks_to_tensor(vmasks, dev)
             black = torch.full_like(images, -1.0)
-            known = br.interleave(cond.encode_latents(c.vae, images, sample=False),
-                                  cond.encode_latents(c.vae, black, sample=False))
+            known = br.interleave(
+                cond.encode_latents(c.vae, images, sample=False), cond.encode_latents(c.vae, black, sample=False)
+            )
             blend = cond.latent_mask(masks, c.vae_scale_factor, dilate=0 if whole else cfg.mask_dilate)
             blend = blend.repeat_interleave(2, dim=0)
             lat_mask = masked = None
             if c.inpainting:
                 lat_mask = cond.latent_mask(masks, c.vae_scale_factor).repeat_interleave(2, dim=0)
                 # as in training: the known part of each branch, the generated region set to 0
-                masked = br.interleave(cond.encode_latents(c.vae, images * (1 - masks), sample=False),
-                                       cond.encode_latents(c.vae, black * (1 - masks), sample=False))
+                masked = br.interleave(
+                    cond.encode_latents(c.vae, images * (1 - masks), sample=False),
+                    cond.encode_latents(c.vae, black * (1 - masks), sample=False),
+                )
             with autocast:
-                text = cond.tokenize(c.tokenizer, br.interleave_lists([p[0] for p in prompts], [p[1] for p in prompts]),
-                                     dev)
+                text = cond.tokenize(
+                    c.tokenizer, br.interleave_lists([p[0] for p in prompts], [p[1] for p in prompts]), dev
+                )
                 states = cond.encode_text(c.text_encoder, text)
                 if use_cfg:
                     neg = cond.tokenize(c.tokenizer, [cfg.negative_prompt] * (2 * len(reqs)), dev)
@@ -358,8 +366,9 @@ class DualAnoDiffGenerator(Generator):
                 bgs = [f.image(remove_object(r.normal, fg)) for f, r, fg in zip(frames, reqs, fgs, strict=True)]
                 bg_lat = cond.encode_latents(c.vae, cond.images_to_tensor(bgs, dev), sample=False)
                 bg_gens = [torch.Generator(device="cpu").manual_seed(_attempt_seed(s, 1 << 20)) for s in seeds]
-                bg_noise = torch.stack(
-                    [torch.randn(bg_lat.shape[1:], generator=g) for g in bg_gens]).to(dev, bg_lat.dtype)
+                bg_noise = torch.stack([torch.randn(bg_lat.shape[1:], generator=g) for g in bg_gens]).to(
+                    dev, bg_lat.dtype
+                )
 
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 x_in = model.extras(
@@ -390,14 +399,16 @@ class DualAnoDiffGenerator(Generator):
             view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1) & vmasks[k]
             full_mask = f.paste_mask(view_mask)
             full_mask = pm.read_part_mask(full_mask[..., None].astype(np.uint8) * 255, 127, cfg.min_part_area)
-            out.append({
-                "frame": f,
-                "whole": f.paste(r.normal, whole_view),
-                "part": f.paste(np.zeros_like(r.normal), part_view),
-                "mask": full_mask,
-                "prompts": prompts[k],
-                "seed": seeds[k],
-            })
+            out.append(
+                {
+                    "frame": f,
+                    "whole": f.paste(r.normal, whole_view),
+                    "part": f.paste(np.zeros_like(r.normal), part_view),
+                    "mask": full_mask,
+                    "prompts": prompts[k],
+                    "seed": seeds[k],
+                }
+            )
         return out
 
     def _finish(
@@ -419,12 +430,14 @@ class DualAnoDiffGenerator(Generator):
                 final = pm.strongest_pixels(d["part"], region if region.any() else np.ones_like(region), area)
         if cfg.mode == "blended":
             image = composite(r.normal, d["whole"], dilate_mask(final, cfg.feather) & r.mask.astype(bool), cfg.feather)
-            changed = changed_mask(r.normal, d["whole"], r.mask.astype(bool), cfg.change_threshold, 0,
-                                   blur=cfg.change_blur)
+            changed = changed_mask(
+                r.normal, d["whole"], r.mask.astype(bool), cfg.change_threshold, 0, blur=cfg.change_blur
+            )
         else:
             image = d["whole"]
-            changed = changed_mask(r.normal, image, np.ones(final.shape, bool), cfg.change_threshold, 0,
-                                   blur=cfg.change_blur)
+            changed = changed_mask(
+                r.normal, image, np.ones(final.shape, bool), cfg.change_threshold, 0, blur=cfg.change_blur
+            )
         f = d["frame"]
         info = {
             "generator": self.name,

@@ -63,9 +63,7 @@ def words(text: str) -> str:
     return text.replace("_", " ").replace("-", " ")
 
 
-def make_prompts(
-    whole_template: str, part_template: str, obj: str, defect: str
-) -> tuple[str, str]:
+def make_prompts(whole_template: str, part_template: str, obj: str, defect: str) -> tuple[str, str]:
     """The nested prompts ("a {obj} with {defect}", "{defect}") for one defect type."""
     try:
         return whole_template.format(obj=obj, defect=defect), part_template.format(obj=obj, defect=defect)
@@ -158,8 +156,13 @@ class DualTrainer:
         if trainable:
             groups.append({"params": trainable, "lr": settings.lr, "weight_decay": 1e-2})
         if self.bank is not None:
-            groups.append({"params": [ti.make_trainable(comps.text_encoder, self.bank)], "lr": settings.ti_lr,
-                           "weight_decay": 0.0})
+            groups.append(
+                {
+                    "params": [ti.make_trainable(comps.text_encoder, self.bank)],
+                    "lr": settings.ti_lr,
+                    "weight_decay": 0.0,
+                }
+            )
         self.optimizer = torch.optim.AdamW(groups) if groups else None
         gc = settings.gradient_checkpointing
         if gc is True or (gc == "auto" and device.type == "cuda"):
