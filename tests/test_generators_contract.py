@@ -46,6 +46,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
     "diffusion-sd": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
+    "dualanodiff": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
 }
 
 
@@ -57,6 +58,8 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     params = {name: dict(TINY_PARAMS.get(name, {})) for name in GENERATORS}
     if "diffusion-sd" in params:
         params["diffusion-sd"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "model"))
+    if "dualanodiff" in params:
+        params["dualanodiff"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("dual") / "model"))
     return params
 
 
