@@ -228,3 +228,19 @@ def test_cli_generate_both_modes(pretrained_sd: Path, demo_root: Path, tmp_path:
                     parts[m.name.split(".")[0]] = np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())))
     assert set(parts) == {s.key for s in samples}
     assert all(parts[s.key].shape == s.image.shape for s in samples)
+
+
+def test_ablation_spec_loads_with_valid_variants() -> None:
+    from anoaug.generators import check_generator_params
+    from anoaug.spec import load_spec
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "demo" / "ablations" / "dualanodiff-cap.yaml"
+    spec = load_spec(path)
+    assert spec.generator.name == "dualanodiff" and spec.uses_base_model("dualanodiff")
+    modes = set()
+    for v in spec.variants.values():
+        settings = check_generator_params(v.generator, v.params, path)
+        if v.generator == "dualanodiff":
+            modes.add((settings.mode, settings.shared_attention, settings.background_compensation))
+    assert {("blended", "off", True), ("blended", "joint", True), ("blended", "position", False)} <= modes
+    assert {"crop-paste", "sd-base", "dual-whole"} <= set(spec.evaluation.arms)
