@@ -244,3 +244,27 @@ def test_ablation_spec_loads_with_valid_variants() -> None:
             modes.add((settings.mode, settings.shared_attention, settings.background_compensation))
     assert {("blended", "off", True), ("blended", "joint", True), ("blended", "position", False)} <= modes
     assert {"crop-paste", "sd-base", "dual-whole"} <= set(spec.evaluation.arms)
+
+
+def test_token_attention_maps_and_the_attention_mask_source(tiny_sd: Path, cap: FitData, tmp_path: Path) -> None:
+    """The captured maps are attention probabilities (they sum to 1 over the prompt's tokens); with
+    mask_source part+attention the mask is the part mask cut to the defect token's attention."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8)
+    h, ctx = torch.randn(2, 9, 16), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        total = sum(sa.token_attention(attn, h, ctx, torch.full((2,), i)) for i in range(5))
+        grid = sa.average_map([sa.token_attention(attn, h, ctx, torch.tensor([1, 2]))], 6)
+    assert torch.allclose(total, torch.ones(2, 9), atol=1e-5) and grid.shape == (2, 6, 6)
+    params = {"model": str(tiny_sd), "resolution": 32, "train_steps": 1, "lora_rank": 2, "num_inference_steps": 2,
+              "max_attempts": 1}  # fmt: skip
+    gen = get_generator("dualanodiff")(params)
+    gen.fit(cap, tmp_path / "art", seed=0)
+    req = _request(cap, 2)
+    (plain,) = gen.generate([req])
+    gen.settings.mask_source = "part+attention"
+    (cut,) = gen.generate([req])
+    assert cut.info["mask_source"] == "part+attention" and cut.info["sample_seed"] == plain.info["sample_seed"]
+    assert cut.info["part_mask_area"] <= plain.info["part_mask_area"]

@@ -86,6 +86,12 @@ class DualAnoDiffGenerator(Generator):
         part_threshold: float = Field(24.0, ge=0, le=255, description="0-255: a part pixel above this is defect")
         min_part_area: int = Field(4, ge=1, description="px: smaller mask components are dropped; minimum mask")
         min_on_foreground: float = Field(0.9, ge=0, le=1, description="share of the mask that must be on the object")
+        mask_source: Literal["part", "part+attention"] = Field(
+            "part", description="part: threshold the part image | part+attention: also the defect token's attention"
+        )
+        attention_threshold: float = Field(
+            0.3, ge=0, le=1, description="part+attention: keep where the averaged map is >= this x its maximum"
+        )
         max_attempts: int = Field(3, ge=1, description="samples drawn per request until the mask is accepted")
         max_normals: int = Field(8, ge=1, description="normal images whose backgrounds train the compensation")
         mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
@@ -107,6 +113,7 @@ class DualAnoDiffGenerator(Generator):
         self._comps: Any = None
         self._model: Any = None
         self._prompts: dict[str, tuple[str, str]] = {}
+        self._learned_tokens: set[str] = set()
         self._category = ""
         self._kind = "object"
         self._device: Any = None
@@ -249,6 +256,7 @@ class DualAnoDiffGenerator(Generator):
             m.eval()
         self._comps, self._model, self._category, self._kind, self._dtype = comps, model, category, kind, dtype
         self._prompts = {t: (p[0], p[1]) for t, p in dict(prompts).items()}
+        self._learned_tokens = {tok for p in self._prompts.values() for tok in p[1].split() if tok.startswith("<")}
 
     # -- generate -------------------------------------------------------------------------------------
 
@@ -314,6 +322,7 @@ class DualAnoDiffGenerator(Generator):
         from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
         from anoaug.generators.diffusion.dualanodiff import branches as br
         from anoaug.generators.diffusion.dualanodiff import part_mask as pm
+        from anoaug.generators.diffusion.dualanodiff import shared_attention as sa
         from anoaug.generators.diffusion.dualanodiff.background import remove_object
         from anoaug.generators.diffusion.dualanodiff.frame import Frame
         from anoaug.generators.diffusion.sd import conditioning as cond
@@ -370,6 +379,10 @@ class DualAnoDiffGenerator(Generator):
                     dev, bg_lat.dtype
                 )
 
+            token = self._token_rows(prompts, n) if cfg.mask_source == "part+attention" else None
+            maps: list[torch.Tensor] = []
+            attention: list[torch.Tensor] = []  # per step: (rows, r, r) map averaged over the layers
+
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 x_in = model.extras(
                     x.repeat(n, 1, 1, 1),
@@ -383,7 +396,10 @@ class DualAnoDiffGenerator(Generator):
                         noisy_bg = cond.unet_input(noisy_bg, torch.zeros_like(noisy_bg[:, :1]), bg_lat)
                     bg = (noisy_bg.to(dtype), t, bg_states.to(dtype))
                 with autocast:
-                    pred = model(x_in.to(dtype), t, states, bg).float()
+                    pred = model(x_in.to(dtype), t, states, bg, token, maps).float()
+                if maps:
+                    attention.append(sa.average_map(maps, cfg.resolution).cpu())
+                    maps.clear()
                 if not use_cfg:
                     return pred
                 uncond, cond_pred = pred.chunk(2)
@@ -393,10 +409,16 @@ class DualAnoDiffGenerator(Generator):
             rows = [g for g in gens for _ in range(2)]  # both branches of a request draw from its generator
             x0 = blended_sample(denoise, scheduler, known, blend, cfg.num_inference_steps, generator=rows)
             decoded = cond.tensor_to_images(cond.decode_latents(c.vae, x0.float()))
+        att = None
+        if attention:  # the conditional rows of the last (guided) block: whole and part maps, averaged
+            rows = torch.stack(attention).mean(0)[(n - 1) * 2 * len(reqs) :]
+            att = ((rows[0::2] + rows[1::2]) / 2).numpy()
         out = []
         for k, (f, r) in enumerate(zip(frames, reqs, strict=True)):
             whole_view, part_view = decoded[2 * k], decoded[2 * k + 1]
             view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1) & vmasks[k]
+            if att is not None:
+                view_mask &= att[k] >= cfg.attention_threshold * max(float(att[k].max()), 1e-12)
             full_mask = f.paste_mask(view_mask)
             full_mask = pm.read_part_mask(full_mask[..., None].astype(np.uint8) * 255, 127, cfg.min_part_area)
             out.append(
@@ -410,6 +432,20 @@ class DualAnoDiffGenerator(Generator):
                 }
             )
         return out
+
+    def _token_rows(self, prompts: list[tuple[str, str]], copies: int) -> Any:
+        """Per dual-batch row (guidance copies x (whole, part) per request) the position of the defect token
+        in its prompt: the learned token when there is one, else the prompt's last word."""
+        import torch
+
+        tok = self._comps.tokenizer
+        out = []
+        for whole, part in prompts:
+            for text in (whole, part):
+                ids = tok(text).input_ids  # with the start token, as the text encoder sees it
+                learned = [i for i, x in enumerate(ids) if tok.convert_ids_to_tokens(x) in self._learned_tokens]
+                out.append(learned[-1] if learned else max(1, len(ids) - 2))
+        return torch.tensor(out * copies)
 
     def _finish(
         self, r: GenerationRequest, d: dict[str, Any], region: np.ndarray, attempt: int, fallback: bool
@@ -459,6 +495,7 @@ class DualAnoDiffGenerator(Generator):
             "scheduler": cfg.scheduler,
             "num_inference_steps": cfg.num_inference_steps,
             "guidance_scale": cfg.guidance_scale,
+            "mask_source": cfg.mask_source,
         }
         return GenerationResult(image=image, mask=final, info=info, extras={"part": d["part"]})
 

@@ -40,6 +40,10 @@ class DualContext:
     branches: int = 2
     background: Literal["off", "write", "read"] = "off"
     store: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Cross-attention capture: per batch row the prompt token whose attention map is collected (None = off);
+    # every cross-attention layer appends its head-averaged map (rows, N) to `maps`.
+    token: torch.Tensor | None = None
+    maps: list[torch.Tensor] = field(default_factory=list)
 
 
 class SharedAttention(nn.Module):
@@ -109,10 +113,38 @@ class DualAttnProcessor(nn.Module):
                 whole, part = hidden_states[0::2], hidden_states[1::2]
                 bg = bg.repeat(whole.shape[0] // bg.shape[0], 1, 1)
                 source = torch.stack([self.fusion(whole, bg), part], dim=1).flatten(0, 1)
+        if dual is not None and dual.token is not None and attn.is_cross_attention and source is not None:
+            dual.maps.append(token_attention(attn, hidden_states, source, dual.token))
         out = self.base(attn, hidden_states, source, attention_mask, temb)
         if dual is not None and dual.branches > 1 and self.shared is not None:
             out = self.shared(out, dual.branches)
         return out
+
+
+def token_attention(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """(rows, N) attention of every image token to prompt token ``token[row]``, averaged over heads.
+
+    Recomputes the layer's attention probabilities with diffusers' own helpers (the fused SDPA kernel does
+    not return them); only runs when a map is asked for."""
+    rows, n, _ = hidden_states.shape
+    query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    key = attn.head_to_batch_dim(attn.to_k(context))
+    probs = attn.get_attention_scores(query, key, None)  # (rows * heads, N, L)
+    probs = probs.reshape(rows, -1, n, probs.shape[-1]).mean(1)
+    index = token.to(probs.device).long().clamp(0, probs.shape[-1] - 1)
+    return probs[torch.arange(rows, device=probs.device), :, index].float()
+
+
+def average_map(maps: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Average of captured (rows, N) maps of square layers, each resized to ``size`` x ``size``: (rows, size, size)."""
+    total = None
+    for m in maps:
+        side = int(round(m.shape[1] ** 0.5))
+        grid = F.interpolate(m.reshape(m.shape[0], 1, side, side), size=(size, size), mode="bilinear")
+        total = grid if total is None else total + grid
+    if total is None:
+        raise ValueError("no cross-attention map was captured")
+    return (total / len(maps))[:, 0]
 
 
 def install(unet: Any, shared: SharedMode, background: bool) -> dict[str, DualAttnProcessor]:

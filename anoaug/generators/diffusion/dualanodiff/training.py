@@ -91,9 +91,12 @@ class DualUNet:
         t: torch.Tensor,
         states: torch.Tensor,
         bg: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        token: torch.Tensor | None = None,
+        maps: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Model output of a ``(b f)`` dual batch; ``bg`` = (background UNet input, its timesteps, text states)
-        for background compensation (a write pass through the base model first)."""
+        for background compensation (a write pass through the base model first); with ``token`` (prompt token
+        per row) every cross-attention layer appends that token's attention map to ``maps``."""
         import torch
 
         unet = self.comps.unet
@@ -105,6 +108,8 @@ class DualUNet:
             write = sa.DualContext(branches=1, background="write", store=ctx.store)
             with torch.no_grad():
                 unet(x_bg, t_bg, encoder_hidden_states=s_bg, cross_attention_kwargs={"dual": write})
+        if token is not None:
+            ctx.token, ctx.maps = token, maps if maps is not None else []
         self.router.names = br.row_adapters(x_in.shape[0] // 2)
         return unet(x_in, t, encoder_hidden_states=states, cross_attention_kwargs={"dual": ctx}).sample
 
