@@ -420,6 +420,8 @@ class DualAnoDiffGenerator(Generator):
             if att is not None:
                 view_mask &= att[k] >= cfg.attention_threshold * max(float(att[k].max()), 1e-12)
             full_mask = f.paste_mask(view_mask)
+            if not whole:  # the part branch drew inside the request mask; resizing back may add a rim
+                full_mask &= r.mask.astype(bool)
             full_mask = pm.read_part_mask(full_mask[..., None].astype(np.uint8) * 255, 127, cfg.min_part_area)
             out.append(
                 {
