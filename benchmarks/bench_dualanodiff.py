@@ -158,17 +158,22 @@ def main() -> None:
         t0 = time.perf_counter()
         results = gen.generate(reqs)
         spi = (time.perf_counter() - t0) / len(reqs)
+        draws = sum(int(r.info.get("attempts", 1)) for r in results)
+        spd = spi * len(reqs) / draws
         base_spi = spi if base_spi is None else base_spi
         line = (
-            f"{label:40s} fit {fit_s:6.1f} s  fit peak RSS +{mem.growth_mb:6.0f} MiB  {spi:6.3f} s/image  "
-            f"x{spi / base_spi:4.2f} vs diffusion-sd"
+            f"{label:38s} fit {fit_s:5.1f} s, peak RSS +{mem.growth_mb:4.0f} MiB | {spi:5.3f} s/image "
+            f"(x{spi / base_spi:4.2f}), {draws / len(reqs):3.1f} draws/image, "
+            f"{spd:5.3f} s/draw (x{spd / base_spi:4.2f})"
         )
         if name == "dualanodiff":
             infos = [r.info for r in results]
             iou = np.mean([i["mask_agreement_iou"] for i in infos])
             on_fg = np.mean([i["on_foreground"] >= gen.settings.min_on_foreground for i in infos])
             fallback = sum(i["fallback"] for i in infos)
-            line += f"  mask IoU(part, changed) {iou:.3f}  on foreground {on_fg:.2f}  fallbacks {fallback}/{len(infos)}"
+            line += (
+                f" | mask IoU(part, changed) {iou:.3f}, on foreground {on_fg:.2f}, fallbacks {fallback}/{len(infos)}"
+            )
         print(line, flush=True)
 
 
