@@ -409,6 +409,7 @@ class DualAnoDiffGenerator(Generator):
             rows = [g for g in gens for _ in range(2)]  # both branches of a request draw from its generator
             x0 = blended_sample(denoise, scheduler, known, blend, cfg.num_inference_steps, generator=rows)
             decoded = cond.tensor_to_images(cond.decode_latents(c.vae, x0.float()))
+            black_ref = cond.tensor_to_images(cond.decode_latents(c.vae, known[1:2].float()))[0]
         att = None
         if attention:  # the conditional rows of the last (guided) block: whole and part maps, averaged
             rows = torch.stack(attention).mean(0)[(n - 1) * 2 * len(reqs) :]
@@ -416,7 +417,7 @@ class DualAnoDiffGenerator(Generator):
         out = []
         for k, (f, r) in enumerate(zip(frames, reqs, strict=True)):
             whole_view, part_view = decoded[2 * k], decoded[2 * k + 1]
-            view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1) & vmasks[k]
+            view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1, black_ref) & vmasks[k]
             if att is not None:
                 view_mask &= att[k] >= cfg.attention_threshold * max(float(att[k].max()), 1e-12)
             full_mask = f.paste_mask(view_mask)

@@ -1,9 +1,10 @@
 """The final mask read from the generated part image (the defect alone on black).
 
-The part branch draws the defect on a black background, so the defect is where the part image is not black:
-the brightest channel above ``threshold`` (0-255), then a cleanup (opening with a 3 px cross, holes filled,
-components under ``min_area`` pixels dropped). The mask must lie on the object's foreground; `accept` says
-whether a read mask is usable (big enough, at least ``min_on_foreground`` of it on the foreground).
+The part branch draws the defect on a black background, so the defect is where the part image is not black
+(compared with the VAE's rendering of black): the largest channel difference above ``threshold`` (0-255),
+then a cleanup (opening with a 3 px cross, holes filled, components under ``min_area`` pixels dropped). The
+mask must lie on the object's foreground; `accept` says whether a read mask is usable (big enough, at least
+``min_on_foreground`` of it on the foreground).
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import numpy as np
 from scipy import ndimage
 
 
-def part_strength(part: np.ndarray) -> np.ndarray:
-    """(H, W) float32: how far each pixel of the part image is from black (max over channels)."""
-    return part.astype(np.float32).max(axis=2) if part.ndim == 3 else part.astype(np.float32)
+def part_strength(part: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) float32: how far each pixel of the part image is from black, or from ``reference`` (what the
+    model's VAE makes of a black image, which a weak VAE does not return as pure black); max over channels."""
+    diff = part.astype(np.float32)
+    if reference is not None:
+        diff = np.abs(diff - reference.astype(np.float32))
+    return diff.max(axis=2) if diff.ndim == 3 else diff
 
 
-def read_part_mask(part: np.ndarray, threshold: float, min_area: int = 1) -> np.ndarray:
-    """(H, W) bool mask of the defect in a part image: not-black pixels, cleaned."""
-    raw = part_strength(part) > float(threshold)
+def read_part_mask(
+    part: np.ndarray, threshold: float, min_area: int = 1, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W) bool mask of the defect in a part image: not-black (not-``reference``) pixels, cleaned."""
+    raw = part_strength(part, reference) > float(threshold)
     opened = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
     mask = ndimage.binary_fill_holes(opened > 0)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
