@@ -141,6 +141,8 @@ def main() -> None:
             "dualanodiff",
             {"shared_attention": "off", "background_compensation": False},
         ),
+        ("dualanodiff (blended, position, no bcm)", "dualanodiff", {"background_compensation": False}),
+        ("dualanodiff (blended, joint, bcm)", "dualanodiff", {"shared_attention": "joint"}),
         ("dualanodiff (whole, position, bcm)", "dualanodiff", {"mode": "whole"}),
     ]
     print(
@@ -162,7 +164,8 @@ def main() -> None:
         spd = spi * len(reqs) / draws
         base_spi = spi if base_spi is None else base_spi
         line = (
-            f"{label:38s} fit {fit_s:5.1f} s, peak RSS +{mem.growth_mb:4.0f} MiB | {spi:5.3f} s/image "
+            f"{label:38s} fit {fit_s:5.1f} s, peak RSS {mem.peak / 2**20:4.0f} MiB (+{mem.growth_mb:3.0f}) | "
+            f"{spi:5.3f} s/image "
             f"(x{spi / base_spi:4.2f}), {draws / len(reqs):3.1f} draws/image, "
             f"{spd:5.3f} s/draw (x{spd / base_spi:4.2f})"
         )
