@@ -271,3 +271,16 @@ def test_token_attention_maps_and_the_attention_mask_source(tiny_sd: Path, cap: 
     (cut,) = gen.generate([req])
     assert cut.info["mask_source"] == "part+attention" and cut.info["sample_seed"] == plain.info["sample_seed"]
     assert cut.info["part_mask_area"] <= plain.info["part_mask_area"]
+
+
+def test_extra_images_get_their_own_shard_member_and_reserved_names_are_refused() -> None:
+    from anoaug.shards.writer import encode_sample
+
+    img, mask = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool)
+    plain = encode_sample("k", 0, img, mask, {})
+    with_part = encode_sample("k", 0, img, mask, {}, {"part": img})
+    assert plain.extras_png == {} and set(with_part.extras_png) == {"part.png"}
+    assert with_part.image_png == plain.image_png and with_part.mask_png == plain.mask_png
+    for bad in ("mask", "a.b"):
+        with pytest.raises(ValueError, match="reserved or not a plain name"):
+            encode_sample("k", 0, img, mask, {}, {bad: img})
