@@ -90,8 +90,9 @@ def build_components(shrink: int, device: Any) -> Any:
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
-    comps = SDComponents(unet, vae, text_encoder, tokenizer, dict(sampling_scheduler().config), Path("<random>"))
-    return comps.to(device)
+    for m in (unet, vae, text_encoder):
+        m.to(device)
+    return SDComponents(unet, vae, text_encoder, tokenizer, dict(sampling_scheduler().config), Path("<random>"))
 
 
 def defects(n: int, size: int) -> list:

@@ -53,6 +53,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "attention_reweighting": "code",
         "num_inference_steps": 3,
     },
+    "dualanodiff": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
 }
 
 
@@ -66,6 +67,8 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         params["diffusion-sd"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "model"))
     if "anomalydiffusion" in params:
         params["anomalydiffusion"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ad") / "model"))
+    if "dualanodiff" in params:
+        params["dualanodiff"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("dual") / "model"))
     return params
 
 

@@ -103,6 +103,8 @@ class GenerationResult:
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool
     info: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable, generator-specific lineage
+    # Extra per-sample images (name -> (H, W, 3) or (H, W) uint8/bool), written as <key>.<name>.png in the shard.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class GeneratorError(AnoaugError):
@@ -261,6 +263,7 @@ BUILTIN_MODULES = (
     "anoaug.generators.diffusion.tiny",
     "anoaug.generators.diffusion.sd.generator",
     "anoaug.generators.diffusion.anomalydiffusion.generator",
+    "anoaug.generators.diffusion.dualanodiff.generator",
 )
 _REGISTRY: Registry[Generator] = Registry("generator", BUILTIN_MODULES, error=GeneratorError)
 

@@ -307,7 +307,7 @@ class _Context:
                     "sample_seed": gen_seed,
                     "generator_info": res.info,
                 }
-                out.append(encode_sample(key, g, res.image, res.mask, to_jsonable(lineage)))
+                out.append(encode_sample(key, g, res.image, res.mask, to_jsonable(lineage), res.extras))
         return out
 
 

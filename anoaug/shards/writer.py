@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import webdataset as wds
 
 from anoaug.png import encode_png
-from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, TAR_MTIME, TMP_SUFFIX
+from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, TAR_MTIME, TMP_SUFFIX, slug
 
 
 @dataclass
@@ -32,6 +32,7 @@ class EncodedSample:
     mask_png: bytes
     lineage: dict[str, Any]
     mask_pixels: int
+    extras_png: dict[str, bytes] = field(default_factory=dict)  # name -> PNG, written as <key>.<name>.png
 
     @property
     def json_bytes(self) -> bytes:
@@ -39,8 +40,14 @@ class EncodedSample:
 
 
 def encode_sample(
-    key: str, global_index: int, image: np.ndarray, mask: np.ndarray, lineage: dict[str, Any]
+    key: str,
+    global_index: int,
+    image: np.ndarray,
+    mask: np.ndarray,
+    lineage: dict[str, Any],
+    extras: dict[str, np.ndarray] | None = None,
 ) -> EncodedSample:
+    """PNG-encode one sample; ``extras`` (a generator's extra images, e.g. ``part``) become ``<key>.<name>.png``."""
     return EncodedSample(
         key=key,
         global_index=global_index,
@@ -48,7 +55,16 @@ def encode_sample(
         mask_png=encode_png(mask.astype(bool), compression=1),
         lineage=lineage,
         mask_pixels=int(np.count_nonzero(mask)),
+        extras_png={extra_ext(name): encode_png(a, compression=1) for name, a in sorted((extras or {}).items())},
     )
+
+
+def extra_ext(name: str) -> str:
+    """The shard member extension of extra image ``name`` (``part`` -> ``part.png``); refuses reserved names."""
+    ext = f"{slug(name)}.png"
+    if ext in (IMAGE_EXT, MASK_EXT, META_EXT) or slug(name) != name:
+        raise ValueError(f"extra image name {name!r} is reserved or not a plain name")
+    return ext
 
 
 def tmp_path(path: Path) -> Path:
@@ -75,7 +91,10 @@ def write_shard(
             tw = wds.TarWriter(hashing, encoder=False, mtime=TAR_MTIME, user="anoaug", group="anoaug")
             try:
                 for s in samples:
-                    tw.write({"__key__": s.key, IMAGE_EXT: s.image_png, MASK_EXT: s.mask_png, META_EXT: s.json_bytes})
+                    tw.write(
+                        {"__key__": s.key, IMAGE_EXT: s.image_png, MASK_EXT: s.mask_png, META_EXT: s.json_bytes}
+                        | s.extras_png
+                    )
                     rows.append(
                         {
                             "shard": path.name,
