@@ -260,6 +260,7 @@ BUILTIN_MODULES = (
     "anoaug.generators.perlin",
     "anoaug.generators.diffusion.tiny",
     "anoaug.generators.diffusion.sd.generator",
+    "anoaug.generators.diffusion.adabldm.generator",
 )
 _REGISTRY: Registry[Generator] = Registry("generator", BUILTIN_MODULES, error=GeneratorError)
 
