@@ -35,8 +35,8 @@ from anoaug.generators.base import (
     register,
 )
 from anoaug.generators.diffusion.adabldm.training import DEFAULT_PROMPT
-from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
 from anoaug.generators.diffusion.sd.generator import _precision
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
 
 MANIFEST = "adabldm_manifest.json"
 BRANCH = "controlnet.safetensors"
@@ -139,7 +139,8 @@ class AdaBLDMGenerator(Generator):
         multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
         if self.settings.resolution % multiple:
             raise GeneratorError(
-                f"resolution {self.settings.resolution} must be a multiple of {multiple} (VAE factor x UNet downsampling)"
+                f"resolution {self.settings.resolution} must be a multiple of {multiple} "
+                "(VAE factor x UNet downsampling)"
             )
         return comps
 
@@ -284,7 +285,8 @@ class AdaBLDMGenerator(Generator):
             r: GenerationRequest = sample.pop("request")
             mask = r.mask.astype(bool)
             image = composite(r.normal, sample.pop("pasted"), mask, self.settings.feather)
-            final = changed_mask(r.normal, image, mask, self.settings.change_threshold, 0, blur=self.settings.change_blur)
+            s = self.settings
+            final = changed_mask(r.normal, image, mask, s.change_threshold, 0, blur=s.change_blur)
             info = {**sample, "input_mask_area": int(mask.sum()), "final_mask_area": int(final.sum())}
             out.append(GenerationResult(image=image, mask=final, info=info))
         return out

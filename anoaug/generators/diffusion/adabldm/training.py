@@ -40,7 +40,9 @@ def build_prompt(template: str, category: str, defect_type: str) -> str:
     try:
         return template.replace("{obj}", words["obj"]).replace("{def}", words["def"]).format()
     except (KeyError, IndexError, ValueError) as exc:
-        raise GeneratorError(f"bad prompt_template '{template}': only {{obj}} and {{def}} are allowed ({exc})") from None
+        raise GeneratorError(
+            f"bad prompt_template '{template}': only {{obj}} and {{def}} are allowed ({exc})"
+        ) from None
 
 
 @dataclass
@@ -150,8 +152,8 @@ class BranchTrainer:
 
         if not examples:
             raise GeneratorError(f"no training examples with a non-empty mask for '{category}'")
-        self.comps, self.controlnet, self.examples, self.category, self.s = comps, controlnet, examples, category, settings
-        self.device = device
+        self.comps, self.controlnet, self.examples = comps, controlnet, examples
+        self.category, self.s, self.device = category, settings, device
         self.dtype = resolve_dtype(settings.mixed_precision, device)
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device="cpu").manual_seed(seed)
