@@ -46,6 +46,13 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
     "diffusion-sd": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
+    "adabldm": {
+        "resolution": 32,
+        "train_steps": 2,
+        "num_inference_steps": 4,
+        "composites_per_type": 1,
+        "adaptation_steps": 2,
+    },
 }
 
 
@@ -57,6 +64,8 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     params = {name: dict(TINY_PARAMS.get(name, {})) for name in GENERATORS}
     if "diffusion-sd" in params:
         params["diffusion-sd"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "model"))
+    if "adabldm" in params:  # the same kind of stand-in weights, inpainting UNet (9 input channels)
+        params["adabldm"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ada") / "m", True))
     return params
 
 
