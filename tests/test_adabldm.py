@@ -304,3 +304,14 @@ def test_cli_generate_on_the_pretrained_base(pretrained_sd: Path, demo_root: Pat
     assert len(samples) == 4 * len(json.loads((out / "run.json").read_text())["defect_types"])
     assert verify_generation(out) == []
     assert (out / "artifact" / BRANCH).is_file()
+
+
+def test_ablation_spec_loads_and_checks() -> None:
+    from anoaug.pipeline.config import check_spec
+    from anoaug.spec import load_spec
+
+    spec = check_spec(load_spec(Path(__file__).parents[1] / "pipelines/demo/ablations/adabldm-cap.yaml"))
+    assert spec.generator.name == "adabldm" and spec.generator.params["model"] == "base"
+    assert spec.variants["ada-plain"].params["multistage"] is False
+    assert spec.variants["ada-plain"].params["resolution"] == spec.generator.params["resolution"]  # YAML merge
+    assert {"crop-paste", "sd-base", "adabldm", "ada-nocontrolnet"} <= set(spec.evaluation.arms)
