@@ -289,10 +289,9 @@ def test_ablation_arms_run(stand_ins: dict[str, Path], cap: FitData, tmp_path: P
 @pytest.mark.slow
 def test_cli_generate_on_the_pretrained_base(pretrained_sd: Path, demo_root: Path, tmp_path: Path) -> None:
     """`anoaug generate <demo>/cap -g adabldm --param model=<pretrained folder> -n 4 --out G`."""
-    from tests.conftest import run_cli
-
     from anoaug.shards.manifest import verify_generation
     from anoaug.shards.reader import iter_samples
+    from tests.conftest import run_cli
 
     out = tmp_path / "G"
     sets = [f"model={pretrained_sd}", "resolution=32", "train_steps=2", "num_inference_steps=4",
