@@ -9,7 +9,9 @@ the zero convolutions make the branch an exact no-op.
 The conditioning embedding must bring the pixel-space trimap down to the latent grid, so it has one
 stride-2 stage per factor 2 of the VAE (SD: 3 stages for factor 8; the pretrained base: 2 for factor 4).
 The branch's ``conv_in`` takes what the UNet takes: for an inpainting UNet (9 channels) the noisy
-latents + latent mask + masked-image latents, copied from the UNet's own ``conv_in``.
+latents + latent mask + masked-image latents, copied from the UNet's own ``conv_in``. The branch
+cross-attends to the same text states as the UNet (the diffusers ControlNet convention; AdaBLDM's code gives
+it the empty prompt), so under classifier-free guidance its unconditional half sees the negative prompt.
 """
 
 from __future__ import annotations
