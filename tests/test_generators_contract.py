@@ -54,6 +54,13 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "num_inference_steps": 3,
     },
     "dualanodiff": {"resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 3},
+    "adabldm": {
+        "resolution": 32,
+        "train_steps": 2,
+        "num_inference_steps": 4,
+        "composites_per_type": 1,
+        "adaptation_steps": 2,
+    },
 }
 
 
@@ -69,6 +76,8 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
         params["anomalydiffusion"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ad") / "model"))
     if "dualanodiff" in params:
         params["dualanodiff"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("dual") / "model"))
+    if "adabldm" in params:  # the same kind of stand-in weights, inpainting UNet (9 input channels)
+        params["adabldm"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ada") / "m", True))
     return params
 
 

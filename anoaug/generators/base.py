@@ -264,6 +264,7 @@ BUILTIN_MODULES = (
     "anoaug.generators.diffusion.sd.generator",
     "anoaug.generators.diffusion.anomalydiffusion.generator",
     "anoaug.generators.diffusion.dualanodiff.generator",
+    "anoaug.generators.diffusion.adabldm.generator",
 )
 _REGISTRY: Registry[Generator] = Registry("generator", BUILTIN_MODULES, error=GeneratorError)
 

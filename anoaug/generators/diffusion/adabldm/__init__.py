@@ -1,0 +1,1 @@
+"""``adabldm``: trimap-conditioned blended latent diffusion with multi-stage denoising and decoder adaptation."""
