@@ -378,7 +378,9 @@ def evaluate_cmd(
     seeds: Annotated[str | None, typer.Option(help="Comma list of seeds (default: spec's).")] = None,
     models: Annotated[
         str | None,
-        typer.Option(help="Comma list of segmenter,classifier,padim,patchcore,supersimplenet,draem (default: spec's)."),
+        typer.Option(
+            help="Comma list of segmenter,classifier,padim,patchcore,supersimplenet,draem,diffusionad (default: spec's)."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override evaluation.epochs.")] = None,
     image_size: Annotated[int | None, typer.Option(min=16, help="Override evaluation.image_size.")] = None,

@@ -140,7 +140,8 @@ class EvaluationSection(Section):
         default_factory=lambda: ["segmenter"],
         description="Registered detectors (anoaug.evaluation.detectors): segmenter, classifier (defect type, AC), "
         "supersimplenet (supervised), draem (anomalib DRÆM with the arm's defect pairs as anomaly source; Perlin in "
-        "'none'), padim, patchcore (one-class baselines). Unknown names are errors.",
+        "'none'), diffusionad (norm-guided one-step denoising + segmentation subnetwork, fed like draem), padim, "
+        "patchcore (one-class baselines). Unknown names are errors.",
     )
     image_size: int = Field(default=128, ge=16)
     epochs: int = Field(default=10, ge=1)
