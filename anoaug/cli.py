@@ -379,7 +379,8 @@ def evaluate_cmd(
     models: Annotated[
         str | None,
         typer.Option(
-            help="Comma list of segmenter,classifier,padim,patchcore,supersimplenet,draem,diffusionad (default: spec's)."
+            help="Comma list of segmenter,classifier,padim,patchcore,supersimplenet,draem,diffusionad "
+            "(default: spec's)."
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override evaluation.epochs.")] = None,
