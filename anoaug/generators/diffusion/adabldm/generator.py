@@ -107,14 +107,7 @@ class AdaBLDMGenerator(Generator):
     def _load_base(self) -> Any:
         from anoaug.generators.diffusion.sd.loading import load_components
 
-        comps = load_components(self.settings.model)
-        want = self.settings.inpainting
-        if want != "auto" and bool(want) != comps.inpainting:
-            kind = "an inpainting" if comps.inpainting else "a text-to-image"
-            raise GeneratorError(
-                f"param inpainting={want} but '{self.settings.model}' has {kind} UNet "
-                f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
-            )
+        comps = load_components(self.settings.model, self.settings.inpainting)
         multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
         if self.settings.resolution % multiple:
             raise GeneratorError(
@@ -129,6 +122,7 @@ class AdaBLDMGenerator(Generator):
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
         from anoaug.generators.diffusion.adabldm import training as tr
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         s = self.settings
         self._device = resolve_device(s.device)
@@ -161,10 +155,7 @@ class AdaBLDMGenerator(Generator):
         self.train_losses = list(losses)
         self.examples_used = {"real": len(real), "composite": len(composites)}
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "kind": data.kind,
             "prompts": {t: tr.build_prompt(s.prompt_template, data.category, t) for t in data.defect_types},
             "controlnet": None
@@ -176,9 +167,7 @@ class AdaBLDMGenerator(Generator):
             },
             "train": {
                 "examples": self.examples_used,
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
+                **loss_record(losses),
             },
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))

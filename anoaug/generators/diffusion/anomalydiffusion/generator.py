@@ -136,6 +136,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
         from anoaug.generators.diffusion.anomalydiffusion import spatial_encoder as spatial
         from anoaug.generators.diffusion.sd import lora as lora_mod
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -148,12 +149,8 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             spatial.save_spatial_encoder(trainer.encoder, out_dir / SPATIAL)
         if trainer.s.lora_rank > 0:
             lora_mod.save_lora(comps.unet, out_dir / LORA, trainer.s.lora_rank, trainer.s.lora_alpha)
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},  # machine-independent
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "tokens": trainer.vocab.tokens,
             "prompts": trainer.prompts,
             "learned": {
@@ -163,11 +160,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
                 "lora_rank": trainer.s.lora_rank,
                 "loss_normalisation": self.settings.loss_normalisation,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._vocab = trainer.vocab

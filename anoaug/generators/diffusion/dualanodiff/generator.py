@@ -155,6 +155,7 @@ class DualAnoDiffGenerator(Generator):
         from anoaug.generators.diffusion.dualanodiff import shared_attention as sa
         from anoaug.generators.diffusion.dualanodiff.training import object_key
         from anoaug.generators.diffusion.sd import textual_inversion as ti
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -169,12 +170,8 @@ class DualAnoDiffGenerator(Generator):
         layers = sa.processor_state_dict(comps.unet)
         if layers:
             save_file(layers, str(out_dir / LAYERS), metadata={"format": "anoaug-dual-layers"})
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "kind": data.kind,
             "object_key": object_key(data.category) if trainer.bank is not None else None,
             "prompts": trainer.prompts,
@@ -185,11 +182,7 @@ class DualAnoDiffGenerator(Generator):
                 "background_compensation": trainer.s.background,
                 "mode": self.settings.mode,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._ready(comps, trainer.model, trainer.prompts, data.category, data.kind, trainer.dtype)

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
+from anoaug.atomic import atomic_write_text
 from anoaug.generators.base import (
     BoolOrAuto,
     FitData,
@@ -85,15 +86,7 @@ class StableDiffusionGenerator(Generator):
     def _load_base(self) -> Any:
         from anoaug.generators.diffusion.sd.loading import load_components
 
-        comps = load_components(self.settings.model)
-        want = self.settings.inpainting
-        if want != "auto" and bool(want) != comps.inpainting:
-            kind = "an inpainting" if comps.inpainting else "a text-to-image"
-            raise GeneratorError(
-                f"param inpainting={want} but '{self.settings.model}' has {kind} UNet "
-                f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
-            )
-        return comps
+        return load_components(self.settings.model, self.settings.inpainting)
 
     def _settings(self) -> Any:
         from anoaug.generators.diffusion.sd.training import TrainSettings
@@ -135,6 +128,7 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.sd import lora as lora_mod
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
         from anoaug.generators.diffusion.sd import textual_inversion as ti
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -148,13 +142,8 @@ class StableDiffusionGenerator(Generator):
             lora_mod.save_lora(comps.unet, out_dir / LORA, trainer.s.lora_rank, trainer.s.lora_alpha)
         if trainer.encoder is not None:
             spatial_mod.save_mask_encoder(trainer.encoder, out_dir / SPATIAL)
-        ident = {k: v for k, v in comps.identity.items() if k != "folder"}  # keep the artifact machine-independent
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": ident,
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "tokens": trainer.bank.tokens if trainer.bank is not None else {},
             "prompts": trainer.prompts,
             "learned": {
@@ -162,13 +151,9 @@ class StableDiffusionGenerator(Generator):
                 "lora_rank": trainer.s.lora_rank,
                 "spatial_tokens": trainer.s.spatial_tokens,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
-        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._ready(comps, trainer.encoder, trainer.prompts, data.category, trainer.dtype)
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
