@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from anoaug.atomic import atomic_write_text
 from anoaug.generators.base import (
@@ -35,8 +35,8 @@ from anoaug.generators.base import (
     register,
 )
 from anoaug.generators.diffusion.adabldm.training import DEFAULT_PROMPT
-from anoaug.generators.diffusion.sd.generator import _precision
-from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
+from anoaug.generators.diffusion.sd.settings import SDFamilySettings
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES
 
 MANIFEST = "adabldm_manifest.json"
 BRANCH = "controlnet.safetensors"
@@ -50,27 +50,17 @@ class AdaBLDMGenerator(Generator):
     learned = True
     renamed_settings = DIFFUSERS_NAMES
 
-    class Settings(DiffusionSettings):
-        """adabldm settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+    class Settings(SDFamilySettings):
+        """adabldm settings (the shared ones are documented in `SDFamilySettings`)."""
 
-        model: str = Field(
-            "", validate_default=True, description="diffusers SD folder, cached hub id, or base (anoaug run); required"
-        )
         inpainting: BoolOrAuto = Field("auto", description="auto (from unet in_channels) | true | false (asserted)")
-        resolution: int = Field(256, ge=8, description="crop side in pixels the model sees")
-        context: float = Field(2.0, gt=0, description="crop side = context x mask bounding box, >= resolution")
         controlnet: bool = Field(True, description="train and use the trimap ControlNet branch")
         conditioning_scale: float = Field(1.0, ge=0, description="weight of the branch's residuals at generation")
         composites_per_type: int = Field(8, ge=0, description="crop-paste composites per defect type (0 = real only)")
         train_steps: int = Field(200, ge=0, description="branch training steps")
-        batch_size: int = Field(1, ge=1, description="training batch size")
         lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the branch (the authors: 1e-5, many steps)")
         prompt_template: str = Field(DEFAULT_PROMPT, description="prompt; {obj} = category, {def} = defect type")
         empty_prompt_probability: float = Field(0.1, ge=0, le=1, description="share of empty training prompts")
-        negative_prompt: str = Field("", description="unconditional prompt of classifier-free guidance")
-        guidance_scale: float = Field(5.0, description="classifier-free guidance scale; <= 1 disables guidance")
-        num_inference_steps: int = Field(30, ge=1, description="denoising steps of the whole run")
-        generation_batch_size: int = Field(4, ge=1, description="requests sampled together in one batch")
         multistage: bool = Field(True, description="T1/T2/T3 multi-stage denoising; false = plain blended sampling")
         stages: tuple[float, float, float] = Field(
             (26.0, 20.0, 5.0),
@@ -84,17 +74,6 @@ class AdaBLDMGenerator(Generator):
         adaptation_lr: float = Field(1e-4, gt=0, description="decoder adaptation learning rate (AdamW)")
         lambda_con: float = Field(100.0, ge=0, description="weight of the background (outside-mask) loss")
         mask_dilate: int = Field(1, ge=0, description="latent cells added around the mask for latent editing")
-        mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
-            "auto", description="auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16"
-        )
-        change_threshold: float = Field(6.0, ge=0, description="0-255: a pixel counts as changed above this")
-
-        @field_validator("model")
-        @classmethod
-        def _model_given(cls, v: str) -> str:
-            if not v.strip():
-                raise ValueError("adabldm needs param 'model': a diffusers Stable Diffusion folder, hub id or base")
-            return v
 
         @field_validator("stages")
         @classmethod
@@ -128,14 +107,7 @@ class AdaBLDMGenerator(Generator):
     def _load_base(self) -> Any:
         from anoaug.generators.diffusion.sd.loading import load_components
 
-        comps = load_components(self.settings.model)
-        want = self.settings.inpainting
-        if want != "auto" and bool(want) != comps.inpainting:
-            kind = "an inpainting" if comps.inpainting else "a text-to-image"
-            raise GeneratorError(
-                f"param inpainting={want} but '{self.settings.model}' has {kind} UNet "
-                f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
-            )
+        comps = load_components(self.settings.model, self.settings.inpainting)
         multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
         if self.settings.resolution % multiple:
             raise GeneratorError(
@@ -150,6 +122,7 @@ class AdaBLDMGenerator(Generator):
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
         from anoaug.generators.diffusion.adabldm import training as tr
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         s = self.settings
         self._device = resolve_device(s.device)
@@ -182,10 +155,7 @@ class AdaBLDMGenerator(Generator):
         self.train_losses = list(losses)
         self.examples_used = {"real": len(real), "composite": len(composites)}
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "kind": data.kind,
             "prompts": {t: tr.build_prompt(s.prompt_template, data.category, t) for t in data.defect_types},
             "controlnet": None
@@ -197,9 +167,7 @@ class AdaBLDMGenerator(Generator):
             },
             "train": {
                 "examples": self.examples_used,
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
+                **loss_record(losses),
             },
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field, field_validator
 
 from anoaug.atomic import atomic_write_text
 from anoaug.generators.base import BoolOrAuto, FitData, GenerationRequest, GenerationResult, GeneratorError, register
 from anoaug.generators.diffusion.anomalydiffusion.training import TEMPLATES
-from anoaug.generators.diffusion.sd.generator import StableDiffusionGenerator, _precision
-from anoaug.generators.diffusion.settings import DiffusionSettings
+from anoaug.generators.diffusion.sd.generator import StableDiffusionGenerator
+from anoaug.generators.diffusion.sd.settings import SDFamilySettings
 
 MANIFEST = "ad_manifest.json"
 TOKENS = "anomaly_tokens.safetensors"
@@ -43,19 +43,10 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
     name = "anomalydiffusion"
     learned = True
 
-    class Settings(DiffusionSettings):
-        """anomalydiffusion settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+    class Settings(SDFamilySettings):
+        """anomalydiffusion settings (the shared ones are documented in `SDFamilySettings`)."""
 
-        model: str = Field(
-            "",
-            validate_default=True,
-            description="local diffusers folder, hub id, or base (the run's pretrained model)",
-        )
         inpainting: BoolOrAuto = Field("auto", description="auto (from unet in_channels) | true | false (checked)")
-        resolution: int = Field(
-            256, ge=8, description="crop side in pixels the model sees (multiple of 8 x VAE factor)"
-        )
-        context: float = Field(2.0, gt=0, description="crop side = context x mask bounding box, >= resolution")
         anomaly_tokens: int = Field(4, ge=1, description="k learned vectors per defect type (code 4, paper 8)")
         spatial_tokens: int = Field(4, ge=0, description="n mask-encoder tokens after the anomaly tokens; 0 = off")
         spatial_backbone_weights: str = Field(
@@ -71,8 +62,6 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         loss_normalisation: Literal["mask", "all"] = Field(
             "mask", description="mask = mean over the latent mask (paper) | all = mean over all latent cells (code)"
         )
-        train_steps: int = Field(400, ge=0, description="training steps")
-        batch_size: int = Field(1, ge=1, description="training batch size")
         ti_lr: float = Field(5e-3, gt=0, description="learning rate of the anomaly tokens")
         lr: float = Field(1e-3, gt=0, description="learning rate of the spatial encoder (and the LoRA if any)")
         lora_rank: int = Field(0, ge=0, description="UNet attention LoRA rank; 0 = base model frozen (the method)")
@@ -87,23 +76,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         )
         reweighting_strength: float = Field(1.0, ge=0, description="w -> 1 + strength x (w - 1); 0 = no effect")
         reweighting_max: float = Field(1.5, ge=1, description="code form: upper clamp of the weights")
-        mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
-            "auto", description="auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16"
-        )
         gradient_checkpointing: BoolOrAuto = Field("auto", description="auto (on for cuda) | true | false")
-        negative_prompt: str = Field("", description="unconditional prompt of classifier-free guidance")
-        guidance_scale: float = Field(5.0, description="classifier-free guidance scale; <= 1 disables guidance")
-        num_inference_steps: int = Field(30, ge=1, description="denoising steps per sample")
-        generation_batch_size: int = Field(4, ge=1, description="requests sampled together in one batch")
-        mask_dilate: int = Field(1, ge=0, description="latent cells added around the mask for blending")
-        change_threshold: float = Field(6.0, ge=0, description="0-255: a pixel counts as changed above this difference")
-
-        @field_validator("model")
-        @classmethod
-        def _model_given(cls, v: str) -> str:
-            if not v.strip():
-                raise ValueError("anomalydiffusion needs param 'model': a diffusers SD folder, hub id or base")
-            return v
 
         @field_validator("prompt_templates")
         @classmethod
@@ -163,6 +136,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
         from anoaug.generators.diffusion.anomalydiffusion import spatial_encoder as spatial
         from anoaug.generators.diffusion.sd import lora as lora_mod
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -175,12 +149,8 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             spatial.save_spatial_encoder(trainer.encoder, out_dir / SPATIAL)
         if trainer.s.lora_rank > 0:
             lora_mod.save_lora(comps.unet, out_dir / LORA, trainer.s.lora_rank, trainer.s.lora_alpha)
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},  # machine-independent
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "tokens": trainer.vocab.tokens,
             "prompts": trainer.prompts,
             "learned": {
@@ -190,11 +160,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
                 "lora_rank": trainer.s.lora_rank,
                 "loss_normalisation": self.settings.loss_normalisation,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._vocab = trainer.vocab

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field
 
 from anoaug.generators.base import (
     BoolOrAuto,
@@ -36,8 +36,8 @@ from anoaug.generators.base import (
     GeneratorError,
     register,
 )
-from anoaug.generators.diffusion.sd.generator import _precision
-from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
+from anoaug.generators.diffusion.sd.settings import SDFamilySettings
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES
 
 MANIFEST = "dual_manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
@@ -53,12 +53,9 @@ class DualAnoDiffGenerator(Generator):
     learned = True
     renamed_settings = DIFFUSERS_NAMES
 
-    class Settings(DiffusionSettings):
-        """dualanodiff settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+    class Settings(SDFamilySettings):
+        """dualanodiff settings (the shared ones are documented in `SDFamilySettings`)."""
 
-        model: str = Field(
-            "", validate_default=True, description="diffusers SD folder, cached hub id, or base (anoaug run); required"
-        )
         mode: Literal["blended", "whole"] = Field(
             "blended", description="blended: draw inside the request mask on the normal image | whole: whole image"
         )
@@ -66,9 +63,7 @@ class DualAnoDiffGenerator(Generator):
             "position", description="attention between the branches: off | position (per pixel) | joint (all tokens)"
         )
         background_compensation: bool = Field(True, description="fuse the normal background into the whole branch")
-        resolution: int = Field(256, ge=8, description="side in pixels the model sees (multiple of 8 x VAE factor)")
         context: float = Field(2.0, gt=0, description="blended: crop side = context x mask bounding box")
-        train_steps: int = Field(400, ge=0, description="training steps")
         batch_size: int = Field(1, ge=1, description="training batch size (samples; two branches each)")
         lr: float = Field(1e-4, gt=0, description="learning rate of the LoRAs, shared attention and fusion")
         ti_lr: float = Field(5e-3, gt=0, description="learning rate of the object and defect tokens")
@@ -78,11 +73,12 @@ class DualAnoDiffGenerator(Generator):
         init_word: str = Field("defect", description="initial value of the defect tokens")
         whole_prompt: str = Field("a {obj} with {defect}", description="whole-image branch prompt")
         part_prompt: str = Field("{defect}", description="part branch prompt")
-        negative_prompt: str = Field("", description="unconditional prompt of classifier-free guidance")
         guidance_scale: float = Field(2.5, description="classifier-free guidance scale; <= 1 disables guidance")
-        num_inference_steps: int = Field(30, ge=1, description="denoising steps per sample")
         generation_batch_size: int = Field(4, ge=1, description="requests sampled together (two branches each)")
         mask_dilate: int = Field(1, ge=0, description="blended: latent cells added around the mask for blending")
+        change_threshold: float = Field(
+            12.0, ge=0, description="0-255: a pixel of the whole image counts as changed above this difference"
+        )
         part_threshold: float = Field(24.0, ge=0, le=255, description="0-255: a part pixel above this is defect")
         min_part_area: int = Field(4, ge=1, description="px: smaller mask components are dropped; minimum mask")
         min_on_foreground: float = Field(0.9, ge=0, le=1, description="share of the mask that must be on the object")
@@ -94,17 +90,7 @@ class DualAnoDiffGenerator(Generator):
         )
         max_attempts: int = Field(3, ge=1, description="samples drawn per request until the mask is accepted")
         max_normals: int = Field(8, ge=1, description="normal images whose backgrounds train the compensation")
-        mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
-            "auto", description="auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16"
-        )
         gradient_checkpointing: BoolOrAuto = Field("auto", description="auto (on for cuda) | true | false")
-
-        @field_validator("model")
-        @classmethod
-        def _model_given(cls, v: str) -> str:
-            if not v.strip():
-                raise ValueError("dualanodiff needs param 'model': a diffusers Stable Diffusion folder or hub id")
-            return v
 
     settings: Settings
 
@@ -169,6 +155,7 @@ class DualAnoDiffGenerator(Generator):
         from anoaug.generators.diffusion.dualanodiff import shared_attention as sa
         from anoaug.generators.diffusion.dualanodiff.training import object_key
         from anoaug.generators.diffusion.sd import textual_inversion as ti
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -183,12 +170,8 @@ class DualAnoDiffGenerator(Generator):
         layers = sa.processor_state_dict(comps.unet)
         if layers:
             save_file(layers, str(out_dir / LAYERS), metadata={"format": "anoaug-dual-layers"})
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "kind": data.kind,
             "object_key": object_key(data.category) if trainer.bank is not None else None,
             "prompts": trainer.prompts,
@@ -199,11 +182,7 @@ class DualAnoDiffGenerator(Generator):
                 "background_compensation": trainer.s.background,
                 "mode": self.settings.mode,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._ready(comps, trainer.model, trainer.prompts, data.category, data.kind, trainer.dtype)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field
 
+from anoaug.atomic import atomic_write_text
 from anoaug.generators.base import (
     BoolOrAuto,
     FitData,
@@ -30,18 +31,13 @@ from anoaug.generators.base import (
     GeneratorError,
     register,
 )
-from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES, DiffusionSettings
+from anoaug.generators.diffusion.sd.settings import SDFamilySettings
+from anoaug.generators.diffusion.settings import DIFFUSERS_NAMES
 
 MANIFEST = "sd_manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
 LORA = "lora.safetensors"
 SPATIAL = "spatial.safetensors"
-
-def _precision(value: Any) -> Any:
-    """``mixed_precision``: YAML ``no``/``false`` (a bool) and the spellings of float32 mean ``no``."""
-    if value is False or (isinstance(value, str) and value.strip().lower() in ("no", "fp32", "false", "none")):
-        return "no"
-    return value.strip().lower() if isinstance(value, str) else value
 
 
 @register
@@ -52,25 +48,12 @@ class StableDiffusionGenerator(Generator):
     learned = True
     renamed_settings = DIFFUSERS_NAMES
 
-    class Settings(DiffusionSettings):
-        """diffusion-sd settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
+    class Settings(SDFamilySettings):
+        """diffusion-sd settings (the shared ones are documented in `SDFamilySettings`)."""
 
-        model: str = Field(
-            "",
-            validate_default=True,
-            description="local diffusers folder or hub id (offline: must be in the local HF cache); required",
-        )
         inpainting: BoolOrAuto = Field(
             "auto", description="auto (from unet in_channels 9 vs 4) | true | false (asserted against the model)"
         )
-        resolution: int = Field(
-            256, ge=8, description="crop side in pixels the model sees (multiple of 8 x VAE factor)"
-        )
-        context: float = Field(
-            2.0, gt=0, description="crop side = context x mask bounding box, >= `resolution`, <= the short side"
-        )
-        train_steps: int = Field(400, ge=0, description="training steps")
-        batch_size: int = Field(1, ge=1, description="training batch size")
         lr: float = Field(1e-4, gt=0, description="learning rate of the LoRA and the mask encoder")
         ti_lr: float = Field(5e-3, gt=0, description="learning rate of the textual-inversion embeddings")
         lora_rank: int = Field(4, ge=0, description="UNet attention LoRA rank; 0 = off")
@@ -81,26 +64,10 @@ class StableDiffusionGenerator(Generator):
             0, ge=0, description="0 = off; else K mask-encoder tokens appended to the text states"
         )
         background_weight: float = Field(0.0, ge=0, description="training loss weight outside the mask")
-        mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(_precision)] = Field(
-            "auto", description="auto (bf16/fp16 on cuda, fp32 on cpu) | no | fp16 | bf16"
-        )
         gradient_checkpointing: BoolOrAuto = Field("auto", description="auto (on for cuda) | true | false")
         token_template: str = Field(
             "a photo of {category} with <{type}> defect", description="prompt; {category} and {type} are filled in"
         )
-        negative_prompt: str = Field("", description="unconditional prompt of classifier-free guidance")
-        guidance_scale: float = Field(5.0, description="classifier-free guidance scale; <= 1 disables guidance")
-        num_inference_steps: int = Field(30, ge=1, description="denoising steps per sample")
-        generation_batch_size: int = Field(4, ge=1, description="requests sampled together in one batch")
-        mask_dilate: int = Field(1, ge=0, description="latent cells added around the mask for blending")
-        change_threshold: float = Field(6.0, ge=0, description="0-255: a pixel counts as changed above this difference")
-
-        @field_validator("model")
-        @classmethod
-        def _model_given(cls, v: str) -> str:
-            if not v.strip():
-                raise ValueError("diffusion-sd needs param 'model': a diffusers Stable Diffusion folder or hub id")
-            return v
 
     settings: Settings
 
@@ -119,15 +86,7 @@ class StableDiffusionGenerator(Generator):
     def _load_base(self) -> Any:
         from anoaug.generators.diffusion.sd.loading import load_components
 
-        comps = load_components(self.settings.model)
-        want = self.settings.inpainting
-        if want != "auto" and bool(want) != comps.inpainting:
-            kind = "an inpainting" if comps.inpainting else "a text-to-image"
-            raise GeneratorError(
-                f"param inpainting={want} but '{self.settings.model}' has {kind} UNet "
-                f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
-            )
-        return comps
+        return load_components(self.settings.model, self.settings.inpainting)
 
     def _settings(self) -> Any:
         from anoaug.generators.diffusion.sd.training import TrainSettings
@@ -169,6 +128,7 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.sd import lora as lora_mod
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
         from anoaug.generators.diffusion.sd import textual_inversion as ti
+        from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
 
         trainer = self.make_trainer(data, seed)
         self.train_losses = list(trainer.train())
@@ -182,15 +142,8 @@ class StableDiffusionGenerator(Generator):
             lora_mod.save_lora(comps.unet, out_dir / LORA, trainer.s.lora_rank, trainer.s.lora_alpha)
         if trainer.encoder is not None:
             spatial_mod.save_mask_encoder(trainer.encoder, out_dir / SPATIAL)
-        ident = {
-            k: v for k, v in comps.identity.items() if k != "folder"
-        }  # keep the artifact machine-independent
-        losses = self.train_losses
         manifest = {
-            "format_version": 1,
-            "base_model": ident,
-            "inpainting": comps.inpainting,
-            "category": data.category,
+            **manifest_header(comps, data.category),
             "tokens": trainer.bank.tokens if trainer.bank is not None else {},
             "prompts": trainer.prompts,
             "learned": {
@@ -198,13 +151,9 @@ class StableDiffusionGenerator(Generator):
                 "lora_rank": trainer.s.lora_rank,
                 "spatial_tokens": trainer.s.spatial_tokens,
             },
-            "train": {
-                "steps": len(losses),
-                "first_loss": round(losses[0], 5) if losses else None,
-                "last_loss": round(losses[-1], 5) if losses else None,
-            },
+            "train": loss_record(self.train_losses),
         }
-        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         self._ready(comps, trainer.encoder, trainer.prompts, data.category, trainer.dtype)
 
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
@@ -227,9 +176,7 @@ class StableDiffusionGenerator(Generator):
             lora_mod.load_lora(comps.unet, artifact_dir / LORA)
         encoder = None
         if (artifact_dir / SPATIAL).is_file():
-            encoder = spatial_mod.load_mask_encoder(
-                artifact_dir / SPATIAL, comps.text_encoder.config.hidden_size
-            )
+            encoder = spatial_mod.load_mask_encoder(artifact_dir / SPATIAL, comps.text_encoder.config.hidden_size)
         self._device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.mixed_precision, self._device)
         self._ready(comps, encoder, dict(manifest.get("prompts", {})), str(meta.get("category", "")), dtype)
@@ -266,8 +213,7 @@ class StableDiffusionGenerator(Generator):
             return self._prompts[defect_type]
         if self.settings.textual_inversion:
             raise GeneratorError(
-                f"no learned token for defect type '{defect_type}'; "
-                f"trained types: {', '.join(sorted(self._prompts))}"
+                f"no learned token for defect type '{defect_type}'; trained types: {', '.join(sorted(self._prompts))}"
             )
         return build_prompt(self.settings.token_template, self._category, defect_type, learned_token=False)
 
@@ -295,8 +241,7 @@ class StableDiffusionGenerator(Generator):
         for r in reqs:
             if r.normal.ndim != 3 or r.normal.shape[2] != 3 or r.mask.shape != r.normal.shape[:2]:
                 raise GeneratorError(
-                    f"request needs an (H, W, 3) image and an (H, W) mask; got "
-                    f"{r.normal.shape} and {r.mask.shape}"
+                    f"request needs an (H, W, 3) image and an (H, W) mask; got {r.normal.shape} and {r.mask.shape}"
                 )
             box = crop_box(r.mask.astype(bool), res, cfg.context)
             img, m = take_crop(r.normal, r.mask.astype(bool), box, res)
@@ -313,9 +258,7 @@ class StableDiffusionGenerator(Generator):
             known = cond.encode_latents(c.vae, images, sample=False)
             blend_mask = cond.latent_mask(pix_mask, c.vae_scale_factor, dilate=cfg.mask_dilate)
             unet_mask = cond.latent_mask(pix_mask, c.vae_scale_factor) if c.inpainting else None
-            masked = (
-                cond.encode_latents(c.vae, images * (1 - pix_mask), sample=False) if c.inpainting else None
-            )
+            masked = cond.encode_latents(c.vae, images * (1 - pix_mask), sample=False) if c.inpainting else None
             with autocast:
                 ids = cond.tokenize(c.tokenizer, prompts, dev)
                 states = cond.encode_text(c.text_encoder, ids)

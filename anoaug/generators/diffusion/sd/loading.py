@@ -216,8 +216,11 @@ def check_compatible(c: SDComponents) -> None:
         raise GeneratorError("incompatible Stable Diffusion components: " + "; ".join(problems), c.folder)
 
 
-def load_components(model: str | os.PathLike[str]) -> SDComponents:
-    """Load unet / vae / text_encoder / tokenizer / scheduler config from `model` (fp32, on CPU, frozen)."""
+def load_components(model: str | os.PathLike[str], inpainting: bool | str = "auto") -> SDComponents:
+    """Load unet / vae / text_encoder / tokenizer / scheduler config from `model` (fp32, on CPU, frozen).
+
+    `inpainting` (a generator's setting): ``auto``, or true / false asserted against the UNet's input channels.
+    """
     folder = resolve_model_folder(model)
     parts = {k: _load_one(k, folder) for k in COMPONENTS}
     comps = SDComponents(
@@ -230,6 +233,12 @@ def load_components(model: str | os.PathLike[str]) -> SDComponents:
         identity=model_identity(str(model), folder),
     )
     check_compatible(comps)
+    if inpainting != "auto" and bool(inpainting) != comps.inpainting:
+        kind = "an inpainting" if comps.inpainting else "a text-to-image"
+        raise GeneratorError(
+            f"param inpainting={inpainting} but '{model}' has {kind} UNet "
+            f"(in_channels={comps.unet.config.in_channels}); use inpainting: auto"
+        )
     for m in (comps.unet, comps.vae, comps.text_encoder):
         m.requires_grad_(False)
         m.eval()

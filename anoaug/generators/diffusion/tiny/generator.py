@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 TINY_FILE = "tiny.json"
 
+
 @register
 class TinyDiffusionGenerator(Generator):
     """Pixel-space tiny UNet, trained per category, sampled with blended diffusion."""

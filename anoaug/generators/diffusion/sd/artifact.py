@@ -1,0 +1,29 @@
+"""What every SD-family artifact manifest holds: the base model's identity (machine-independent), the
+category, and a summary of the training losses; each method adds its learned parts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anoaug.generators.diffusion.sd.loading import SDComponents
+
+
+def manifest_header(comps: SDComponents, category: str) -> dict[str, Any]:
+    """format_version, base_model (identity without the local folder), inpainting and category."""
+    return {
+        "format_version": 1,
+        "base_model": {k: v for k, v in comps.identity.items() if k != "folder"},
+        "inpainting": comps.inpainting,
+        "category": category,
+    }
+
+
+def loss_record(losses: Sequence[float]) -> dict[str, Any]:
+    """steps, first_loss and last_loss of a training run (None when nothing was trained)."""
+    return {
+        "steps": len(losses),
+        "first_loss": round(losses[0], 5) if losses else None,
+        "last_loss": round(losses[-1], 5) if losses else None,
+    }
