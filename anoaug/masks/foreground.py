@@ -272,14 +272,15 @@ def _central_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _finish(mask: np.ndarray, spec: ForegroundSection) -> np.ndarray:
-    """Opening / closing as the spec asks, the central component, holes filled."""
+    """Opening / closing as the spec asks, the central component, holes filled, and the outline pixel
+    dropped (an edge pixel mixes object and background colour: placement wants only sure object)."""
     m = mask.astype(np.uint8)
     if spec.opening > 1:
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _ellipse(spec.opening))
     if spec.closing > 1:
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _ellipse(spec.closing))
     out = _central_component(m.astype(bool)) if spec.largest_component else m.astype(bool)
-    return ndimage.binary_fill_holes(out) if spec.fill_holes else out
+    return erode(ndimage.binary_fill_holes(out) if spec.fill_holes else out, 1)
 
 
 def _region_fg(img: np.ndarray, spec: ForegroundSection) -> np.ndarray:
@@ -322,7 +323,8 @@ def _grabcut_center_fg(img: np.ndarray, spec: ForegroundSection) -> np.ndarray:
     object, the border strip background except where that object reaches it."""
     h, w = img.shape[:2]
     prior = _region_fg(img, spec)
-    if foreground_flags(prior, "object", spec):
+    seeded = not foreground_flags(prior, "object", spec)
+    if not seeded:
         prior = np.zeros((h, w), np.uint8)
         cv2.ellipse(prior, (w // 2, h // 2), (w // 4, h // 4), 0, 0, 360, 1, -1)
         prior = prior.astype(bool)
@@ -332,15 +334,20 @@ def _grabcut_center_fg(img: np.ndarray, spec: ForegroundSection) -> np.ndarray:
     prior_s = cv2.resize(prior.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     gc = np.where(prior_s, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     gc[_border_strip(gc.shape, max(1, round(spec.border_width * f))) & ~prior_s] = cv2.GC_BGD
-    core = erode(prior_s, max(2, round(min(size) * 0.04)))
-    gc[core] = cv2.GC_FGD
+    if seeded:
+        gc[erode(prior_s, max(2, round(min(size) * 0.04)))] = cv2.GC_FGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     cv2.grabCut(
         cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, spec.grabcut_iters, cv2.GC_INIT_WITH_MASK
     )
     fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
-    return _finish(cv2.resize(fg, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool), spec)
+    out = _finish(cv2.resize(fg, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool), spec)
+    if not seeded and out.any():  # from the bare ellipse: keep it only if it differs from the background
+        dist, _, cut = _surface_distance(img, spec)
+        if float(np.median(dist[out])) <= cut:
+            return np.zeros((h, w), bool)
+    return out
 
 
 _MODELS: dict[tuple[str, float], Any] = {}
