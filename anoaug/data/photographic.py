@@ -43,9 +43,10 @@ PHOTO_TEXTURE_CATEGORIES: frozenset[str] = frozenset({"walnut"})
 OBJECT_MASKS_DIR = ".object_masks"
 
 
-def object_mask_path(root: str | Path, category: str, relpath: str) -> Path:
-    """Where the maker saved the true object mask of ``<category>/<relpath>`` (a dot folder readers skip)."""
-    return Path(root) / OBJECT_MASKS_DIR / category / Path(relpath).with_suffix(".png")
+def object_mask_path(root: str | Path, relpath: str) -> Path:
+    """Where the maker saved the true object mask of the image ``<root>/<relpath>`` (``relpath`` as the
+    dataset records have it, e.g. ``washers/train/good/000.png``), in a dot folder the readers skip."""
+    return Path(root) / OBJECT_MASKS_DIR / Path(relpath).with_suffix(".png")
 
 
 def _rng(seed: int, category: str, split: str, label: str, index: int) -> np.random.Generator:
@@ -90,9 +91,8 @@ def _washers(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarra
     s = size / 128.0
     light = _lighting(rng, size)
     backdrop = np.array([150.0, 146.0, 138.0]) * rng.uniform(0.9, 1.1)
-    bg = backdrop * (1 + 0.05 * _smooth_noise(rng, (size, size), 6 * s) + 0.03 * _smooth_noise(rng, (size, size), 30 * s))[
-        ..., None
-    ]
+    mottle = 0.05 * _smooth_noise(rng, (size, size), 6 * s) + 0.03 * _smooth_noise(rng, (size, size), 30 * s)
+    bg = backdrop * (1 + mottle)[..., None]
     r = rng.uniform(0.22, 0.28) * size
     touch = rng.uniform() < 0.3  # some parts touch the border
     off = (0.5 - r / size + rng.uniform(0.0, 0.03)) if touch else rng.uniform(0.0, 0.18)
@@ -225,7 +225,8 @@ def make_photographic_dataset(
     names = list(PHOTO_CATEGORIES) if categories is None else list(dict.fromkeys(categories))
     for name in names:
         if name not in PHOTO_CATEGORIES:
-            raise DatasetError(f"unknown photographic category {name!r}; choose from {sorted(PHOTO_CATEGORIES)}", out_dir)
+            known = sorted(PHOTO_CATEGORIES)
+            raise DatasetError(f"unknown photographic category {name!r}; choose from {known}", out_dir)
     if seed < 0 or min(n_train_good, n_test_good, n_per_defect) < 0 or size < 64:
         raise DatasetError("seed and counts must be >= 0 and size >= 64", out_dir)
     for name in names:
@@ -245,7 +246,7 @@ def make_photographic_dataset(
                 img, mask, obj = render_photo_sample(name, label, i, seed=seed, split=split, size=size)
                 rel = f"{split}/{label}/{i:03d}.png"
                 write_png(out_dir / name / rel, img)
-                write_png(object_mask_path(out_dir, name, rel), obj)
+                write_png(object_mask_path(out_dir, f"{name}/{rel}"), obj)
                 if mask is not None:
                     write_png(out_dir / name / "ground_truth" / label / f"{i:03d}_mask.png", mask)
     return names
