@@ -1,26 +1,28 @@
 """Foreground (object region) extraction for normal images, without any weights by default.
 
-Methods (``ForegroundSection.method``), with their cost per 256x256 image on one CPU core (median over
-the photographic categories of ``anoaug.data.photographic``; see README "Choosing a foreground method"):
+Methods (``ForegroundSection.method``), with their cost per 256x256 image, CPU time of one thread (median
+over 10 images of the photographic categories of ``anoaug.data.photographic``; see the README section
+"Choosing a foreground method"):
 
 * ``whole`` -- every pixel (textures); free;
 * ``border`` -- a Gaussian colour model (Lab) of the image border, robustly fitted; pixels further than
-  ``border_threshold`` Mahalanobis units from it are object (~COST_border ms); fails on uneven light;
+  ``border_threshold`` Mahalanobis units from it are object (~21 ms); fails on uneven light;
 * ``threshold`` -- Otsu on one channel (``channel``; ``auto`` picks the channel whose histogram
-  separates best), the side that holds most of the border is background (~COST_threshold ms);
+  separates best), the side that holds most of the border is background (~7 ms);
 * ``grabcut`` -- OpenCV GrabCut seeded with the border strip as background and the ``border`` result
-  (~COST_grabcut ms);
+  (~130 ms);
 * ``region`` -- border-seeded region growing on an illumination-corrected, shadow-tolerant distance
   (``_surface_distance``: a quadratic light surface fitted to the border, log chromaticity); neighbours cut
-  by the border are dropped by ``_central_component`` (~COST_region ms);
+  by the border are dropped by ``_central_component`` (~32 ms);
 * ``kmeans`` -- OpenCV k-means on the same distance, colour and local texture; the object clusters'
-  central component (~COST_kmeans ms);
-* ``grabcut_center`` -- GrabCut seeded at the centre by ``region`` (or a central ellipse) (~COST_grabcut_center ms);
+  central component (~62 ms);
+* ``grabcut_center`` -- GrabCut seeded at the centre by ``region`` (or a central ellipse)
+  (~163 ms);
 * ``model`` -- a local segmentation model from ``model_path`` (TorchScript or torch.export ``.pt2``), e.g. a
   U2-Net or a SAM-style mask decoder exported by the user; its cost is the model's;
 * ``auto`` -- ``whole`` for textures; for objects ``region``, then ``kmeans``, ``grabcut_center``,
   ``threshold``, ``border``, whichever first gives a plausible foreground (see ``foreground_flags``)
-  (~COST_auto ms: usually ``region`` alone).
+  (~26 ms: usually ``region`` alone).
 
 Every classical result is cleaned with opening, closing, hole filling and the largest (for the new
 methods: the most central, not border-cut) component.
