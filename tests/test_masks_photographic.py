@@ -163,3 +163,28 @@ def test_run_completes_with_an_empty_foreground_image(photo_root: Path, tmp_path
     assert [b["relpath"] for b in stage["info"]["bad_images"]] == ["washers/train/good/000.png"]
     report = json.loads(next(out.rglob("report.json")).read_text())
     assert any("washers/train/good/000.png (empty" in n for n in report["notes"])
+
+
+def test_generation_skips_unusable_normals_deterministically() -> None:
+    from collections import OrderedDict
+
+    from anoaug.shards.generate import _Context
+
+    class Synth:
+        def image_flags(self, normal: np.ndarray, key: str | None = None) -> list[str]:
+            return ["empty"] if key == "bad.png" else []
+
+        def synthesize(self, normal: np.ndarray, defect_type: str, rng: np.random.Generator, key: str | None = None):
+            return key
+
+    rows = [{"relpath": name, "sha256": name} for name in ("a.png", "bad.png", "c.png")]
+    cache = OrderedDict((r["relpath"], np.zeros((8, 8, 3), np.uint8)) for r in rows)
+
+    def picks(seed: int) -> list[str]:
+        ctx = _Context(None, Synth(), Path("."), rows, ["dent"], 0, {}, 1, _cache=OrderedDict(cache))  # type: ignore[arg-type]
+        return [ctx._mask_for("dent", np.random.default_rng([seed, i]), np.random.default_rng(i))[0]["relpath"]
+                for i in range(30)]  # fmt: skip
+
+    got = picks(0)
+    assert "bad.png" not in got and set(got) == {"a.png", "c.png"}
+    assert picks(0) == got
