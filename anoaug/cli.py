@@ -248,8 +248,9 @@ def masks_cmd(
     flagged = s["foreground"]["flagged"]
     if flagged:
         err_console.print(
-            f"[yellow]warning:[/yellow] {len(flagged)} normal image(s) have a suspicious foreground "
-            f"(see summary.json), e.g. {escape(flagged[0]['relpath'])}: {', '.join(flagged[0]['flags'])}",
+            f"[yellow]warning:[/yellow] {len(flagged)} normal image(s) have a suspicious foreground, excluded "
+            f"from mask placement (see bad_images in summary.json), e.g. {escape(flagged[0]['relpath'])}: "
+            f"{', '.join(flagged[0]['flags'])}",
             highlight=False,
         )
     if result.failures:
