@@ -162,13 +162,27 @@ def demo_data_cmd(
         list[str] | None, typer.Option("--category", "-c", help="Only this category (repeatable).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing, non-empty category folders.")] = False,
+    photographic: Annotated[
+        bool,
+        typer.Option(
+            "--photographic",
+            help="Photograph-like categories instead (washers, plates, walnut: uneven light, shadows, neighbours "
+            "cut by the border), with true object masks in <out>/.object_masks.",
+        ),
+    ] = False,
 ) -> None:
     """Write the embedded procedural demo dataset (fabric, cap); nothing is downloaded."""
     from rich.markup import escape
 
     from anoaug.data.demo import CATEGORIES, make_demo_dataset
 
-    written = make_demo_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
+    if photographic:
+        from anoaug.data.photographic import PHOTO_CATEGORIES, make_photographic_dataset
+
+        CATEGORIES = PHOTO_CATEGORIES  # noqa: N806 - the category table the lines below print from
+        written = make_photographic_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
+    else:
+        written = make_demo_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
     for name in written:
         cat = out_dir / name
         train = len(list((cat / "train" / "good").glob("*.png")))
@@ -212,6 +226,10 @@ def masks_cmd(
     result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root)
     s = result.summary
     console.print(f"kind: [bold]{result.kind}[/bold] ({escape(result.kind_reason)})", highlight=False)
+    for bad in result.summary.get("bad_images", []):
+        console.print(
+            f"  excluded from placement: {escape(bad['relpath'])} ({escape(bad['reason'])})", highlight=False
+        )
     for dtype, t in s["per_type"].items():
         synth_area, real_area = t["area_synth"].get("median", 0), t["area_real"].get("median", 0)
         console.print(
@@ -230,8 +248,9 @@ def masks_cmd(
     flagged = s["foreground"]["flagged"]
     if flagged:
         err_console.print(
-            f"[yellow]warning:[/yellow] {len(flagged)} normal image(s) have a suspicious foreground "
-            f"(see summary.json), e.g. {escape(flagged[0]['relpath'])}: {', '.join(flagged[0]['flags'])}",
+            f"[yellow]warning:[/yellow] {len(flagged)} normal image(s) have a suspicious foreground, excluded "
+            f"from mask placement (see bad_images in summary.json), e.g. {escape(flagged[0]['relpath'])}: "
+            f"{', '.join(flagged[0]['flags'])}",
             highlight=False,
         )
     if result.failures:

@@ -53,7 +53,9 @@ class SplitSection(Section):
 class ForegroundSection(Section):
     """Where a normal image's object is (anoaug.masks.foreground); textures use the whole image."""
 
-    method: Literal["auto", "threshold", "border", "grabcut", "whole", "model"] = "auto"
+    method: Literal[
+        "auto", "threshold", "border", "grabcut", "whole", "model", "region", "kmeans", "grabcut_center"
+    ] = "auto"
     channel: Literal["gray", "saturation", "value", "lab_l", "auto"] = "auto"
     blur: int = Field(default=5, ge=0, description="Median blur kernel (px, 0 = off) before thresholding.")
     closing: int = Field(default=7, ge=0, description="Morphological closing kernel (px, 0 = off).")
@@ -70,6 +72,10 @@ class ForegroundSection(Section):
     )
     min_fraction: float = Field(default=0.02, ge=0, le=1, description="Flag objects covering less.")
     max_fraction: float = Field(default=0.97, ge=0, le=1, description="Flag objects covering more.")
+    max_components: int = Field(default=4, ge=1, description="Flag foregrounds split into more components.")
+    shadow_depth: float = Field(
+        default=0.6, ge=0, le=1, description="Darkening of the background (share of its lightness) taken as shadow."
+    )
 
 
 class MasksSection(Section):
@@ -86,6 +92,9 @@ class MasksSection(Section):
     component_gap: int = Field(default=3, ge=0, description="Components closer than this (px) stay together.")
     min_component_area: int = Field(default=8, ge=1, description="Drop split components smaller than this.")
     foreground: ForegroundSection = Field(default_factory=ForegroundSection)
+    max_bad_share: float = Field(
+        default=0.5, ge=0, le=1, description="Fail when more normal images than this share have an unusable foreground."
+    )
     learned: LearnedMasksSettings = Field(
         default_factory=LearnedMasksSettings, description="source: learned (anoaug.masks.learned.settings)."
     )

@@ -6,8 +6,13 @@ Output directory layout::
     masks/<type>/<i>.png           0/255 defect masks (i zero-padded to 5 digits)
     trimaps/<type>/<i>.png         255 defect, 127 foreground, 0 background
     masks.parquet                  one row per mask: its normal image and every placement parameter
-    summary.json                   acceptance rate, rejections, real vs synthesized areas, foregrounds
-    contact_sheet.png              real bank masks and synthesized masks over their normal images
+    summary.json                   acceptance rate, rejections, real vs synthesized areas, foregrounds,
+                                   the kind and its evidence, the normal images excluded from placement
+    contact_sheet.png              real bank masks and synthesized masks over their normal images, then
+                                   each normal image's foreground outline (red: excluded, with the reason)
+
+Normal images whose foreground is empty or implausible (``MaskSynthesizer.image_flags``) take no masks:
+they are listed under ``bad_images`` with their reason; more than ``masks.max_bad_share`` of them is an error.
 
 Sample ``i`` draws everything (defect type in turn, normal image, placement) from its own generator
 seeded with (seed, category, i), so the same seed gives the same files whatever else changes.
@@ -32,9 +37,8 @@ from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest, ensure_split
 from anoaug.masks import MaskError
-from anoaug.masks.foreground import foreground_flags
 from anoaug.masks.sources import make_synthesizer
-from anoaug.masks.synthesis import BankMask, MaskBank, SynthesizedMask, resolve_kind
+from anoaug.masks.synthesis import BankMask, MaskBank, SynthesizedMask, resolve_kind_report
 from anoaug.png import write_png
 from anoaug.spec import PipelineSpec
 
@@ -90,6 +94,14 @@ def overlay_tile(normal: np.ndarray, result: SynthesizedMask, text: str) -> np.n
     img = np.clip(img, 0, 255).astype(np.uint8)
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, (0, 220, 0), max(1, img.shape[0] // 200))
+    return _label(cv2.resize(img, (TILE, TILE), interpolation=cv2.INTER_AREA), text)
+
+
+def foreground_tile(normal: np.ndarray, fg: np.ndarray, text: str, bad: bool) -> np.ndarray:
+    """RGB tile of a normal image with its foreground outlined (green; red when excluded from placement)."""
+    img = normal.copy()
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(img, contours, -1, (230, 0, 0) if bad else (0, 220, 0), max(1, img.shape[0] // 100))
     return _label(cv2.resize(img, (TILE, TILE), interpolation=cv2.INTER_AREA), text)
 
 
@@ -169,28 +181,52 @@ def run_masks(
             fraction=spec.split.gen_train_fraction,
             min_gen_train=spec.split.min_gen_train,
         )
-    kind_name, reason = resolve_kind(kind or spec.dataset.kind, data)
+    kind_name, reason, evidence = resolve_kind_report(kind or spec.dataset.kind, data)
     synth = make_synthesizer(data, split, spec.masks, kind_name, seed)
     bank = synth.source
     types = synth.defect_types
     normals = split.rows("train_normal")
 
-    # Plan every sample first (type in turn, normal from its own rng), then visit each normal once.
+    # Every normal's foreground first: images that cannot take masks are left out of the plan.
+    fg_reports: list[dict[str, Any]] = []
+    fg_tiles: list[tuple[bool, np.ndarray]] = []
+    for normal_row in normals:
+        image = load_image(data.path(normal_row["relpath"]))
+        fg = synth.foreground(image, normal_row["sha256"])
+        flags = synth.image_flags(image, normal_row["sha256"])
+        fg_reports.append({"relpath": normal_row["relpath"], "fraction": float(fg.mean()), "flags": flags})
+        if len(fg_tiles) < 4 * SHEET_COLS:
+            label = ("excluded: " + ",".join(flags)) if flags else f"fg {fg.mean():.0%}"
+            fg_tiles.append((bool(flags), foreground_tile(image, fg, label, bool(flags))))
+    bad_images = [
+        {"relpath": f["relpath"], "reason": ", ".join(f["flags"]), "fraction": f["fraction"]}
+        for f in fg_reports
+        if f["flags"]
+    ]
+    usable = [n for n, f in enumerate(fg_reports) if not f["flags"]]
+    if normals and len(bad_images) > spec.masks.max_bad_share * len(normals) or not usable:
+        names = "; ".join(f"{b['relpath']} ({b['reason']})" for b in bad_images[:10])
+        more = f" and {len(bad_images) - 10} more" if len(bad_images) > 10 else ""
+        raise MaskError(
+            f"{len(bad_images)}/{len(normals)} normal images of {category} have an unusable foreground "
+            f"(more than masks.max_bad_share={spec.masks.max_bad_share:g}): {names}{more}; "
+            "check masks.foreground (method) or dataset.kind"
+        )
+
+    # Plan every sample first (type in turn, usable normal from its own rng), then visit each normal once.
     plan: dict[int, list[tuple[int, str, np.random.Generator]]] = defaultdict(list)
     for i in range(count):
         rng = sample_rng(seed, category, i)
-        plan[int(rng.integers(len(normals)))].append((i, types[i % len(types)], rng))
+        plan[usable[int(rng.integers(len(usable)))]].append((i, types[i % len(types)], rng))
 
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    fg_reports: list[dict[str, Any]] = []
     tiles: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for n, normal_row in enumerate(normals):
+        if n not in plan:
+            continue
         image = load_image(data.path(normal_row["relpath"]))
-        fg = synth.foreground(image, normal_row["sha256"])
-        flags = foreground_flags(fg, kind_name, spec.masks.foreground)
-        fg_reports.append({"relpath": normal_row["relpath"], "fraction": float(fg.mean()), "flags": flags})
-        for i, dtype, rng in plan.get(n, []):
+        for i, dtype, rng in plan[n]:
             try:
                 res = synth.synthesize(image, dtype, rng, normal_key=normal_row["sha256"])
             except MaskError as exc:
@@ -235,6 +271,10 @@ def run_masks(
             "split_manifest": split_path.name if split_path.is_file() else None,
             "placement": synth.placement,
             "spec": spec.masks.model_dump(mode="json"),
+            "kind_evidence": evidence,
+            "kind_confidence": evidence["confidence"] if evidence else 1.0,
+            "bad_images": bad_images,
+            "max_bad_share": spec.masks.max_bad_share,
         }
     )
     if hasattr(bank, "report"):  # learned masks: the artifact, training and sampling acceptance
@@ -253,6 +293,9 @@ def run_masks(
         synth_tiles = [t for _, t in sorted(tiles[dtype], key=lambda x: x[0])]
         for k in range(0, len(synth_tiles), SHEET_COLS):
             sheet_rows.append(synth_tiles[k : k + SHEET_COLS])
+    fg_order = [t for bad, t in fg_tiles if bad] + [t for bad, t in fg_tiles if not bad]  # excluded first
+    for k in range(0, min(len(fg_order), 2 * SHEET_COLS), SHEET_COLS):
+        sheet_rows.append(fg_order[k : k + SHEET_COLS])
     sheet = contact_sheet(sheet_rows)
     write_png(out / "contact_sheet.png", sheet)
     return MasksRun(out, kind_name, reason, len(rows), failures, summary)

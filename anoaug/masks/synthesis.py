@@ -26,7 +26,7 @@ from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
 from anoaug.errors import DatasetError
 from anoaug.masks import MaskError
-from anoaug.masks.foreground import KINDS, ForegroundCache, erode, kind_evidence
+from anoaug.masks.foreground import KINDS, ForegroundCache, erode, foreground_flags, kind_report
 from anoaug.spec import MasksSection
 
 DEFECT, FOREGROUND, BACKGROUND = 255, 127, 0
@@ -213,8 +213,17 @@ def make_trimap(mask: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 def resolve_kind(spec_kind: str, data: CategoryData, max_images: int = 8) -> tuple[str, str]:
     """(kind, reason): the spec's kind, or for ``auto`` the one ``detect_kind`` sees in the normal images."""
+    kind, reason, _ = resolve_kind_report(spec_kind, data, max_images)
+    return kind, reason
+
+
+def resolve_kind_report(
+    spec_kind: str, data: CategoryData, max_images: int = 8
+) -> tuple[str, str, dict[str, Any] | None]:
+    """(kind, reason, evidence): as ``resolve_kind``, plus ``KindEvidence.as_dict()`` (confidence, votes,
+    per-image region shares) when the kind was detected, else None."""
     if spec_kind in KINDS:
-        return spec_kind, "set by the spec or --kind"
+        return spec_kind, "set by the spec or --kind", None
     if spec_kind != "auto":
         raise MaskError(f"kind must be object, texture or auto, got {spec_kind!r}")
     from anoaug.data.io import load_image
@@ -223,8 +232,8 @@ def resolve_kind(spec_kind: str, data: CategoryData, max_images: int = 8) -> tup
     if not recs:
         raise MaskError(f"category {data.category!r} has no normal images to decide object vs texture")
     idx = np.unique(np.linspace(0, len(recs) - 1, min(max_images, len(recs))).round().astype(int))
-    kind, why = kind_evidence([load_image(data.path(recs[i].relpath)) for i in idx])
-    return kind, f"detected automatically: {why}"
+    rep = kind_report([load_image(data.path(recs[i].relpath)) for i in idx])
+    return rep.kind, f"detected automatically: {rep.reason}", rep.as_dict()
 
 
 class MaskSynthesizer:
@@ -261,6 +270,15 @@ class MaskSynthesizer:
     def foreground(self, normal: np.ndarray, normal_key: str | None = None) -> np.ndarray:
         """The (cached) foreground of a normal image."""
         return self.cache.get(normal, normal_key)
+
+    def image_flags(self, normal: np.ndarray, normal_key: str | None = None) -> list[str]:
+        """Why a normal image cannot take masks (``foreground_flags`` of its foreground); [] when it can.
+
+        Only foreground placement looks at the foreground, so free placement never excludes an image.
+        """
+        if self.placement != "foreground":
+            return []
+        return foreground_flags(self.foreground(normal, normal_key), self.kind, self.spec.foreground)
 
     def synthesize(
         self, normal: np.ndarray, defect_type: str, rng: np.random.Generator, normal_key: str | None = None

@@ -315,6 +315,9 @@ def stage_masks(
             outputs["contact_sheet"] = out / "contact_sheet.png"
         info = {"kind": res.kind, "kind_reason": res.kind_reason, "written": res.written, "failures": len(res.failures)}
         info["acceptance_rate"] = res.summary.get("acceptance_rate")
+        info["kind_confidence"] = res.summary.get("kind_confidence")
+        info["kind_evidence"] = res.summary.get("kind_evidence")
+        info["bad_images"] = res.summary.get("bad_images", [])
         if "learned" in res.summary:
             learned = res.summary["learned"]
             info["learned"] = {k: learned[k] for k in ("sampled", "accepted", "acceptance_rate", "train")}
@@ -534,7 +537,11 @@ def stage_report(spec: PipelineSpec, run_dir: str | Path, evaluation: StageResul
     def body(out: Path, resume: bool) -> StageOutput:
         from anoaug.report import write_report
 
-        paths = {str(k): Path(v) for k, v in write_report(Path(evaluation.out_dir), out).items()}
+        masks_summary = stage_dir(run_dir, "masks") / "summary.json"
+        masks = json.loads(masks_summary.read_text()) if masks_summary.is_file() else None
+        paths = {
+            str(k): Path(v) for k, v in write_report(Path(evaluation.out_dir), out, masks_summary=masks).items()
+        }
         if (out / "figures").is_dir():
             paths["figures"] = out / "figures"
         return StageOutput(paths, {})

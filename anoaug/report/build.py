@@ -250,8 +250,25 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in z.files}
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write report.json, report.md, report.html, results.csv (+ figures/) for a run directory."""
+def masks_notes(summary: dict[str, Any] | None) -> list[str]:
+    """Report notes from the masks stage's summary.json: the kind with its evidence and confidence, and the
+    normal images left out of mask placement (unusable foreground) with their reasons."""
+    if not summary:
+        return []
+    notes = [f"Masks: kind {summary.get('kind')} ({summary.get('kind_reason')})."]
+    bad = summary.get("bad_images") or []
+    if bad:
+        names = "; ".join(f"{b['relpath']} ({b['reason']})" for b in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        notes.append(f"{len(bad)} normal image(s) excluded from mask placement (unusable foreground): {names}{more}.")
+    return notes
+
+
+def write_report(
+    run_dir: Path, out_dir: Path | None = None, masks_summary: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write report.json, report.md, report.html, results.csv (+ figures/) for a run directory; the masks
+    stage's summary (``masks_summary``), when given, adds its kind evidence and excluded images to the notes."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
@@ -266,6 +283,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     arm_order = [a["name"] for a in arms]
     summary, gains = summarise(runs, arm_order, arm_generators(arms))
     notes = [meta["none_arm"], meta["protocol"]["selection"], meta["generation_quality"]["note"]]
+    notes += masks_notes(masks_summary)
     if not meta.get("pre_trained"):
         notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
     if meta.get("status") != "complete":

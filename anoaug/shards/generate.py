@@ -247,6 +247,7 @@ class _Context:
     batch_size: int
     cache_size: int = 64
     _cache: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    _usable_cache: dict[str, bool] = field(default_factory=dict)
 
     def normal(self, relpath: str) -> np.ndarray:
         img = self._cache.get(relpath)
@@ -259,13 +260,38 @@ class _Context:
             self._cache.move_to_end(relpath)
         return img
 
+    def _usable(self, row: dict[str, Any], normal: np.ndarray) -> bool:
+        """False for a normal whose foreground cannot take masks (empty, implausible: see
+        ``MaskSynthesizer.image_flags``); remembered per image."""
+        ok = self._usable_cache.get(row["relpath"])
+        if ok is None:
+            flags_of = getattr(self.synthesizer, "image_flags", None)
+            ok = not (flags_of(normal, row["relpath"]) if flags_of is not None else [])
+            self._usable_cache[row["relpath"]] = ok
+        return ok
+
     def _mask_for(
         self, defect_type: str, pick: np.random.Generator, mask_rng: np.random.Generator, attempts: int = 5
     ) -> tuple[dict[str, Any], np.ndarray, Any]:
-        """(normal row, normal image, synthesized mask); another normal when a mask fits nowhere on one."""
+        """(normal row, normal image, synthesized mask); another normal when a mask fits nowhere on one.
+
+        Normals with an unusable foreground are skipped: the next draw of ``pick`` replaces them (so the
+        choice stays a function of the seed), and they do not count as attempts.
+        """
+        draws = 0
         for attempt in range(attempts):
-            row = self.normals[int(pick.integers(len(self.normals)))]
-            normal = self.normal(row["relpath"])
+            while True:
+                draws += 1
+                row = self.normals[int(pick.integers(len(self.normals)))]
+                normal = self.normal(row["relpath"])
+                if self._usable(row, normal):
+                    break
+                if draws > 20 * len(self.normals) and len(self._usable_cache) == len(self.normals):
+                    bad = sorted(k for k, v in self._usable_cache.items() if not v)
+                    raise AnoaugError(
+                        f"no normal image has a usable foreground for masks ({len(bad)} excluded: "
+                        + ", ".join(bad[:5]) + "); check masks.foreground"
+                    )
             try:
                 return row, normal, self.synthesizer.synthesize(normal, defect_type, mask_rng, row["relpath"])
             except AnoaugError:
