@@ -91,7 +91,7 @@ def _looks_like_dataset(path: Path) -> str | None:
 
     if not path.is_dir():
         return None
-    if (path / SHARDS_MANIFEST).is_file() or (path / RUN_FILE).is_file() and any(path.glob("*.tar")):
+    if (path / SHARDS_MANIFEST).is_file() or ((path / RUN_FILE).is_file() and any(path.glob("*.tar"))):
         return "a generation directory"
     for name, module in FORMATS.items():
         if module.is_category_dir(path):
