@@ -23,6 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from anoaug.atomic import atomic_write_text
 
 SUMMARY_METRICS = ("image_auroc", "pixel_ap", "pixel_aupro")
@@ -87,7 +89,7 @@ def _cells(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
         if s["metric"] in arm:  # an earlier model of `models` already reports it
             continue
         arm[s["metric"]] = {
-            **{k: stat.get(k) for k in ("mean", "ci_low", "ci_high", "half_width", "n")},
+            **{k: stat.get(k) for k in ("mean", "std", "ci_low", "ci_high", "half_width", "n")},
             "values": list(s.get("values") or []),
             "seeds": list(s.get("seeds") or []),
             "model": s.get("model"),
@@ -117,16 +119,23 @@ def _quality(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 
 
 def _average_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of the categories' means; CI over the per-seed means when every category has the same seeds."""
-    from anoaug.evaluation.metrics import mean_ci
+    """Mean of the categories' means; CI over the per-seed means when every category has the same seeds.
 
+    The categories' CIs are t-intervals over the same n seeds (``anoaug.evaluation.metrics.mean_ci``), so
+    they all carry the same quantile t = half_width * sqrt(n) / std; the average's interval reuses it, which
+    keeps torch / anomalib (imported by that module) out of the summary, which `anoaug run` writes even
+    when every stage is up to date.
+    """
     mean = sum(c["mean"] for c in cells) / len(cells)
     out: dict[str, Any] = {"mean": mean, "ci_low": None, "ci_high": None, "half_width": None, "n": 0}
-    seeds = cells[0]["seeds"]
-    if len(seeds) >= 2 and all(c["seeds"] == seeds and len(c["values"]) == len(seeds) for c in cells):
-        per_seed = [sum(c["values"][i] for c in cells) / len(cells) for i in range(len(seeds))]
-        st = mean_ci(per_seed)
-        out.update({k: st[k] for k in ("ci_low", "ci_high", "half_width", "n")})
+    seeds, n = cells[0]["seeds"], len(cells[0]["seeds"])
+    same = n >= 2 and all(c["seeds"] == seeds and len(c["values"]) == n and c.get("n") == n for c in cells)
+    quantiles = [c["half_width"] * math.sqrt(n) / c["std"] for c in cells if same and c.get("std") and c["half_width"]]
+    constant = same and all(c.get("std") == 0 for c in cells)  # every seed gave the same value: a zero-width CI
+    if quantiles or constant:
+        per_seed = np.mean([c["values"] for c in cells], axis=0)
+        half = float(quantiles[0] * per_seed.std(ddof=1) / math.sqrt(n)) if quantiles else 0.0
+        out.update({"ci_low": mean - half, "ci_high": mean + half, "half_width": half, "n": n})
     out["categories"] = len(cells)
     return out
 
