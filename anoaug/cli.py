@@ -548,6 +548,33 @@ def pretrain_cmd(
     console.print(f"model: {escape(str(folder))}", highlight=False, soft_wrap=True)
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    shards: Annotated[Path, typer.Argument(help="Generation directory (shards + manifests of `anoaug generate`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder (refused if non-empty or inside a dataset).")],
+    layout: Annotated[str, typer.Option(help="mvtec (test/, ground_truth/) or folder (defect/, mask/).")] = "mvtec",
+    normals: Annotated[
+        Path | None,
+        typer.Option("--normals", help="Dataset root the shards came from: copy its training normals too."),
+    ] = None,
+) -> None:
+    """Write generated pairs as an MVTec-layout or Folder-layout dataset (for anomalib's Folder or your trainer)."""
+    from rich.markup import escape
+
+    from anoaug.shards.export import export_shards
+
+    s = export_shards(shards, out, layout, normals)
+    types = ", ".join(f"{t} {n}" for t, n in s.counts.items())
+    normal_note = f" and {s.normals} training normals" if s.normals else " (no normals: see --normals)"
+    console.print(
+        f"[green]exported[/green] {s.total} pairs ({escape(types)}){normal_note} in the {s.layout} layout: "
+        f"{escape(str(s.category_dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # --- pipeline: `anoaug run`, `anoaug demo`, `anoaug serve` (Prefect flows in flows/, imported lazily) ---
 
 
