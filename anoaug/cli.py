@@ -61,9 +61,10 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
     from anoaug.pipeline.config import check_spec
     from anoaug.spec import resolve_spec
 
-    spec = check_spec(resolve_spec(spec_or_root, category), arms=False)
+    spec = resolve_spec(spec_or_root, category)
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
     guard_category(data, spec.dataset.mask_tolerance)  # the checks of `validate`, before anything is written
+    spec = check_spec(spec, arms=False)  # loads the generator registry (heavy): after the cheap checks
     default = default_split_path(data.dataset, data.category, spec.seed)
     if split is not None:
         manifest = read_split(split)
@@ -247,7 +248,6 @@ def masks_cmd(
     from rich.markup import escape
 
     from anoaug.masks import MaskError
-    from anoaug.masks.run import run_masks
     from anoaug.spec import resolve_spec
 
     if kind is not None and kind not in ("object", "texture"):
@@ -265,6 +265,8 @@ def masks_cmd(
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
     guard_category(data, spec.dataset.mask_tolerance)
     check_out(out, _inputs(data))
+    from anoaug.masks.run import run_masks  # heavy: after the guards, so bad input fails at once
+
     with undo_on_failure(out):
         result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root, data=data)
     s = result.summary
@@ -336,13 +338,14 @@ def generate_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from anoaug.outputs import check_out, undo_on_failure
-    from anoaug.shards import generate_category
 
     spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     name = generator or spec.generator.name
     if params:
         spec = _with_producer_params(spec, name, params)
     check_out(out, _inputs(data))
+    from anoaug.shards import generate_category  # heavy: after the guards
+
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # Bad input fails before anything is written; an interruption or a full disk keeps the shards to resume.
     with undo_on_failure(out, keep=(KeyboardInterrupt, OSError)), Progress(
@@ -454,9 +457,7 @@ def evaluate_cmd(
     """Measure the augmentation gain: train downstream models per arm and seed, test on held-out real defects."""
     from rich.markup import escape
 
-    from anoaug.evaluation import run_evaluation
     from anoaug.outputs import check_out, undo_on_failure
-    from anoaug.report import write_report
     from anoaug.spec import EvaluationSection
 
     seed_list = _seed_list(seeds)
@@ -477,9 +478,15 @@ def evaluate_cmd(
     def progress(msg: str) -> None:
         err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False, soft_wrap=True)
 
-    with undo_on_failure(out):
+    from anoaug.evaluation import run_evaluation  # heavy (torch, anomalib): after the guards
+
+    with undo_on_failure(out):  # a failure removes what it made: run.json, samples/, runs/, the report
         run_dir = run_evaluation(spec, data, manifest, sources, out, seeds=seed_list, progress=progress)
-        written = write_report(run_dir) if report else {}
+        written: dict[str, Any] = {}
+        if report:
+            from anoaug.report import write_report
+
+            written = write_report(run_dir)
     console.print(f"[green]evaluated[/green] {escape(data.category)}: {escape(str(run_dir))}", highlight=False)
     for kind, path in written.items():
         console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
@@ -554,6 +561,9 @@ def pretrain_cmd(
     for name in names:
         _, data, manifest = _spec_data_split(spec_or_root, name, data_root, None)
         sources.append((data, manifest))
+    from anoaug.outputs import check_out
+
+    check_out(out, [p for data, _ in sources for p in _inputs(data)])
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=err_console, transient=True) as bar:
