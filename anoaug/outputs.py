@@ -59,7 +59,7 @@ def check_out(
         root = Path(src).expanduser().resolve()
         if _inside(resolved, root):
             raise OutputError(
-                f"{option} is inside the input dataset {root}; choose a folder outside it (nothing was written)",
+                f"refusing to write inside the input dataset {root} ({option}); choose a folder outside it",
                 path,
             )
     if kind == "dir" and path.exists() and not path.is_dir():
