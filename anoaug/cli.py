@@ -347,10 +347,12 @@ def generate_cmd(
     from anoaug.shards import generate_category  # heavy: after the guards
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    # Bad input fails before anything is written; an interruption or a full disk keeps the shards to resume.
-    with undo_on_failure(out, keep=(KeyboardInterrupt, OSError)), Progress(
-        *columns, console=err_console, transient=True
-    ) as bar:
+    # Bad input fails before anything is written. A failure in a new --out removes it; an interruption or a
+    # full disk keeps the shards to resume, and an existing --out (an earlier run's shards) is left to resume.
+    with (
+        undo_on_failure(None if out.exists() else out, keep=(KeyboardInterrupt, OSError)),
+        Progress(*columns, console=err_console, transient=True) as bar,
+    ):
         task = bar.add_task(f"{data.category} / {name}", total=None)
 
         def progress(advance: int, total: int | None) -> None:
