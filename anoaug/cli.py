@@ -28,7 +28,8 @@ err_console = Console(stderr=True)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn AnoaugError into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn AnoaugError, and an OSError of the place written to (disk full, read-only, permission: named by
+    its path, else the command's --out), into one red line on stderr and exit code 2 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -36,6 +37,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except AnoaugError as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except OSError as exc:
+            from anoaug.outputs import os_error_message
+
+            line = os_error_message(exc, kwargs.get("out"))
+            if line is None:
+                raise
+            from rich.markup import escape
+
+            err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -45,12 +56,15 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
     """The spec, the category's records and its split manifest: --split if given, else the default manifest
     when it exists (checked against the data), else a fresh split in memory."""
     from anoaug.data.formats import read_category
+    from anoaug.data.guard import guard_category
     from anoaug.data.split import default_split_path, ensure_split, make_split, read_split
     from anoaug.pipeline.config import check_spec
     from anoaug.spec import resolve_spec
 
-    spec = check_spec(resolve_spec(spec_or_root, category), arms=False)
+    spec = resolve_spec(spec_or_root, category)
     data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
+    guard_category(data, spec.dataset.mask_tolerance)  # the checks of `validate`, before anything is written
+    spec = check_spec(spec, arms=False)  # loads the generator registry (heavy): after the cheap checks
     default = default_split_path(data.dataset, data.category, spec.seed)
     if split is not None:
         manifest = read_split(split)
@@ -60,6 +74,30 @@ def _spec_data_split(spec_or_root: str, category: str | None, data_root: Path | 
         s = spec.split
         manifest = make_split(data, spec.seed, s.gen_train_fraction, s.min_gen_train, s.min_eval)
     return spec, data, manifest
+
+
+def _inputs(data: Any) -> list[Path]:
+    """The dataset folders a command reads (its root and category folder): no output may lie inside them."""
+    return [Path(data.root), Path(data.root) / data.category]
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _seed_list(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` as ints >= 0; a BadParameter naming the option otherwise."""
+    if not text:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise typer.BadParameter(f"expected a comma list of integers >= 0, got {text!r}", param_hint="'--seeds'")
+    return seeds
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -134,18 +172,30 @@ def spec_show(
 def split_cmd(
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
     category: Annotated[str, typer.Option("--category", "-c", help="Category to split.")],
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Manifest path (default data_manifests/...).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mvtec, visa, folder or auto.")] = "auto",
-    fraction: Annotated[float, typer.Option(help="Share of each defect type for generator training.")] = 1 / 3,
+    fraction: Annotated[
+        float, typer.Option(callback=_fraction, help="Share of each defect type for generator training, in (0, 1).")
+    ] = 1 / 3,
+    mask_tolerance: Annotated[
+        int, typer.Option("--mask-tolerance", min=0, max=127, help="Mask values within N of 0 or 255 count as binary.")
+    ] = 10,
 ) -> None:
-    """Write the leak-free split manifest (Parquet) of one category."""
-    from anoaug.data.formats import read_category
-    from anoaug.data.split import default_split_path, ensure_split
+    """Write the leak-free split manifest (Parquet) of one category.
 
-    data = read_category(root, category, fmt)
+    Every image and mask is first checked as `anoaug validate` does (decodes, mode, size, binary masks).
+    """
+    from anoaug.data.formats import read_category
+    from anoaug.data.guard import guard_category
+    from anoaug.data.split import default_split_path, ensure_split
+    from anoaug.outputs import check_out, new_folder, undo_on_failure
+
+    data = guard_category(read_category(root, category, fmt), mask_tolerance)
     path = out or default_split_path(data.dataset, category, seed)
-    manifest, written = ensure_split(data, seed, path, fraction=fraction)
+    check_out(path, _inputs(data), "--out", kind="file")
+    with undo_on_failure(new_folder(path.parent)):  # the manifest itself is written atomically
+        manifest, written = ensure_split(data, seed, path, fraction=fraction)
     counts: dict[str, int] = {}
     for role in manifest.table.column("role").to_pylist():
         counts[role] = counts.get(role, 0) + 1
@@ -200,7 +250,7 @@ def masks_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never inside the dataset).")],
     category: Annotated[str | None, typer.Option("--category", "-c", help="Category (with a root).")] = None,
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Masks to make (types in turn).")] = 100,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the spec's).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed (default: the spec's).")] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="object or texture (default: spec).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
     sets: Annotated[
@@ -212,7 +262,6 @@ def masks_cmd(
     from rich.markup import escape
 
     from anoaug.masks import MaskError
-    from anoaug.masks.run import run_masks
     from anoaug.spec import resolve_spec
 
     if kind is not None and kind not in ("object", "texture"):
@@ -223,7 +272,17 @@ def masks_cmd(
         spec = prepare_spec(spec_or_root, category=category, sets=parse_sets(sets))
     else:
         spec = resolve_spec(spec_or_root, category)
-    result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root)
+    from anoaug.data.formats import read_category
+    from anoaug.data.guard import guard_category
+    from anoaug.outputs import check_out, undo_on_failure
+
+    data = read_category(spec.resolve_root(data_root), spec.dataset.category, spec.dataset.format)
+    guard_category(data, spec.dataset.mask_tolerance)
+    check_out(out, _inputs(data))
+    from anoaug.masks.run import run_masks  # heavy: after the guards, so bad input fails at once
+
+    with undo_on_failure(out):
+        result = run_masks(spec, count, out, seed=seed, kind=kind, data_root=data_root, data=data)
     s = result.summary
     console.print(f"kind: [bold]{result.kind}[/bold] ({escape(result.kind_reason)})", highlight=False)
     for bad in result.summary.get("bad_images", []):
@@ -277,7 +336,7 @@ def generate_cmd(
         typer.Option("--generator", "-g", help="crop-paste, cutpaste, perlin, ... or a variant (default: spec's)."),
     ] = None,
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Samples per defect type.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Generation seed (default: the spec's).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Generation seed (default: the spec's).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Generating processes (one writer).")] = None,
     shard_size: Annotated[int | None, typer.Option(min=1, help="Samples per shard.")] = None,
     artifact: Annotated[Path | None, typer.Option(help="Reuse this fitted generator artifact directory.")] = None,
@@ -297,14 +356,22 @@ def generate_cmd(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from anoaug.shards import generate_category
+    from anoaug.outputs import check_out, undo_on_failure
 
     spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
     name = generator or spec.generator.name
     if params:
         spec = _with_producer_params(spec, name, params)
+    check_out(out, _inputs(data))
+    from anoaug.shards import generate_category  # heavy: after the guards
+
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    # Bad input fails before anything is written. A failure in a new --out removes it; an interruption or a
+    # full disk keeps the shards to resume, and an existing --out (an earlier run's shards) is left to resume.
+    with (
+        undo_on_failure(None if out.exists() else out, keep=(KeyboardInterrupt, OSError)),
+        Progress(*columns, console=err_console, transient=True) as bar,
+    ):
         task = bar.add_task(f"{data.category} / {name}", total=None)
 
         def progress(advance: int, total: int | None) -> None:
@@ -394,7 +461,7 @@ def evaluate_cmd(
         list[str] | None,
         typer.Option("--shards", help="NAME=DIR per generator arm (repeatable), or one DIR holding NAME/ dirs."),
     ] = None,
-    seeds: Annotated[str | None, typer.Option(help="Comma list of seeds (default: spec's).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma list of seeds >= 0 (default: spec's).")] = None,
     models: Annotated[
         str | None,
         typer.Option(
@@ -411,10 +478,12 @@ def evaluate_cmd(
     """Measure the augmentation gain: train downstream models per arm and seed, test on held-out real defects."""
     from rich.markup import escape
 
-    from anoaug.evaluation import run_evaluation
+    from anoaug.outputs import check_out, undo_on_failure
     from anoaug.spec import EvaluationSection
 
+    seed_list = _seed_list(seeds)
     spec, data, manifest = _spec_data_split(spec_or_root, category, data_root, split)
+    check_out(out, _inputs(data))
     update: dict[str, Any] = {}
     if models:
         update["models"] = [m.strip() for m in models.split(",") if m.strip()]
@@ -425,19 +494,23 @@ def evaluate_cmd(
     if update:
         spec.evaluation = EvaluationSection.model_validate({**spec.evaluation.model_dump(), **update})
     arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else list(spec.evaluation.arms)
-    seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
     sources = _shard_sources(arm_list, shards or [])
 
     def progress(msg: str) -> None:
         err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False, soft_wrap=True)
 
-    run_dir = run_evaluation(spec, data, manifest, sources, out, seeds=seed_list, progress=progress)
-    console.print(f"[green]evaluated[/green] {escape(data.category)}: {escape(str(run_dir))}", highlight=False)
-    if report:
-        from anoaug.report import write_report
+    from anoaug.evaluation import run_evaluation  # heavy (torch, anomalib): after the guards
 
-        for kind, path in write_report(run_dir).items():
-            console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
+    with undo_on_failure(out):  # a failure removes what it made: run.json, samples/, runs/, the report
+        run_dir = run_evaluation(spec, data, manifest, sources, out, seeds=seed_list, progress=progress)
+        written: dict[str, Any] = {}
+        if report:
+            from anoaug.report import write_report
+
+            written = write_report(run_dir)
+    console.print(f"[green]evaluated[/green] {escape(data.category)}: {escape(str(run_dir))}", highlight=False)
+    for kind, path in written.items():
+        console.print(f"{kind}: {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 @app.command("report")
@@ -509,6 +582,9 @@ def pretrain_cmd(
     for name in names:
         _, data, manifest = _spec_data_split(spec_or_root, name, data_root, None)
         sources.append((data, manifest))
+    from anoaug.outputs import check_out
+
+    check_out(out, [p for data, _ in sources for p in _inputs(data)])
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=err_console, transient=True) as bar:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,23 @@ class DatasetSection(Section):
     root_env: str = Field(default=DATA_ROOT_ENV, description="Environment variable that sets the root.")
     category: str = ""
     kind: Literal["object", "texture", "auto"] = "auto"
+    mask_tolerance: int = Field(
+        default=10, ge=0, le=127, description="Mask values within N of 0 or 255 count as binary (input guard)."
+    )
+
+    @field_validator("name", "category")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """A dataset or category name becomes a folder of the run: one plain path component."""
+        from anoaug.errors import DatasetError
+        from anoaug.outputs import check_name
+
+        if v:
+            try:
+                check_name(v, "name")
+            except DatasetError as exc:
+                raise ValueError(exc.message) from None
+        return v
 
 
 class SplitSection(Section):
@@ -144,7 +161,7 @@ class EvaluationSection(Section):
         description="'none' (one-class), 'real-few' (the gen_train_defect images), a generator name "
         "(its shards), or '<generator>+real' (its shards plus the real few).",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     models: list[str] = Field(
         default_factory=lambda: ["segmenter"],
         description="Registered detectors (anoaug.evaluation.detectors): segmenter, classifier (defect type, AC), "
@@ -221,7 +238,7 @@ class PipelineSpec(Section):
     """A whole per-category pipeline."""
 
     dataset: DatasetSection
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     profile: Literal["cpu-tiny", "gpu"] = "cpu-tiny"
     split: SplitSection = Field(default_factory=SplitSection)
     masks: MasksSection = Field(default_factory=MasksSection)

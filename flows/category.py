@@ -209,6 +209,7 @@ def run_category_stages(
 ) -> tuple[Path, list[StageResult]]:
     """Call the stage tasks in order; return the run directory and the stage results."""
     run_dir = stages.run_dir_for(spec, out)
+    stages.stage_validate(spec, root, run_dir)  # the input guard (cached; `anoaug run` has run it already)
     storage = out / RESULTS_DIR
     d = stages.stage_dir
     results: list[StageResult] = []

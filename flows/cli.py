@@ -28,7 +28,7 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: <out>/<dataset>/<category>/.")] = Path(
         "runs"
     ),
-    seed: Annotated[int | None, typer.Option(help="Seed (split, generation, training).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed (split, generation, training).")] = None,
     generator: Annotated[
         str | None, typer.Option(help="Generator or spec variant to fit and evaluate (added as an arm).")
     ] = None,
@@ -40,7 +40,7 @@ def run_cmd(
     address: Annotated[
         str | None, typer.Option(help="Scheduler of an existing Dask/Ray cluster (e.g. tcp://host:8786).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Workers of a local cluster / thread pool.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Workers of a local cluster / thread pool.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage, ignoring caches.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:

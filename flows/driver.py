@@ -7,6 +7,7 @@ whose every stage is already done for the same inputs stops before starting Pref
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from anoaug.errors import AnoaugError
+from anoaug.outputs import check_out, exclusive_lock
 from anoaug.pipeline import stages
 from anoaug.pipeline.config import expand_targets, prepare_spec
 from anoaug.pipeline.run_manifest import (
@@ -31,6 +33,7 @@ from anoaug.pipeline.summary import write_summary
 from anoaug.spec import PipelineSpec
 
 DEMO_CATEGORY = "demo/cap"
+RUN_LOCK = ".lock"  # <out>/<dataset>/<category>/.lock, held by the `anoaug run` writing there
 # Best first. diffusion-sd needs downloaded weights; the model-free ones always work offline.
 DEMO_GENERATOR_PREFERENCE = ("diffusion-tiny", "crop-paste", "cutpaste", "perlin")
 # Per-generator settings that keep `make demo` within 8.5 minutes on 2 idle CPU cores (--set overrides them).
@@ -201,6 +204,29 @@ def run_targets(refs: list[str], opts: RunOptions, console: Console | None = Non
     console = console or Console()
     opts.out = Path(opts.out).resolve()
     targets = prepare_targets(refs, opts, console)
+    guard_targets(targets, opts, console)  # nothing is written before the outputs and every input file check out
+    with contextlib.ExitStack() as locks:  # one `anoaug run` per run directory (a second is refused)
+        for run_dir in sorted({stages.run_dir_for(t.spec, opts.out) for t in targets}):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(exclusive_lock(run_dir / RUN_LOCK, "anoaug run"))
+        return _run_locked(targets, opts, console)
+
+
+def guard_targets(targets: list[Target], opts: RunOptions, console: Console | None = None) -> None:
+    """The output guard (--out and each run directory outside every input dataset, not a file, writable), then
+    the validation stage of each target (cached by its listing hash): raises before anything is written."""
+    inputs = [p for t in targets for p in (t.root, t.root / t.spec.dataset.category)]
+    check_out(opts.out, inputs)
+    for t in targets:
+        check_out(stages.run_dir_for(t.spec, opts.out), inputs, "--out (run directory)")
+    for t in targets:
+        result = stages.stage_validate(t.spec, t.root, stages.run_dir_for(t.spec, opts.out), force=opts.force)
+        if console is not None and not result.skipped:
+            n = result.info.get("images", 0)
+            console.print(f"  [green]✓[/green] {'validate ' + escape(t.name):<24} {n} images checked", highlight=False)
+
+
+def _run_locked(targets: list[Target], opts: RunOptions, console: Console) -> dict[str, Any]:
     several = len(targets) > 1
     specs = [{**t.spec.model_dump(mode="json"), "source": t.spec.source} for t in targets]
     data_root = str(targets[0].root) if opts.data_root is not None else None

@@ -5,7 +5,9 @@ Accepted image modes (anything else is rejected with a reason, never silently ma
 * ``RGB`` as is; ``L`` (grey), ``1`` (bilevel) and ``P`` (palette) are converted to RGB;
 * ``RGBA`` / ``LA`` / ``PA`` only when the alpha channel is fully opaque (it is then dropped);
 * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, 16-bit (``I;16*``) and 32-bit (``I``, ``F``) images are rejected:
-  convert them to 8-bit RGB first.
+  convert them to 8-bit RGB first. So are 16-bit-per-channel colour files (48/64 bpp PNG or TIFF), which
+  Pillow would silently cut to 8 bits while reporting mode ``RGB``/``RGBA``: :func:`open_image` records
+  the file's raw mode (``info["anoaug.rawmode"]``) so the mode checks see the real depth.
 
 Masks are read as 8-bit grey (``1``, ``L``, ``P``, ``RGB`` are converted; an alpha channel is ignored;
 16/32-bit masks are rejected) and binarised with ``value >= threshold`` (default 128).
@@ -27,6 +29,7 @@ _CONVERTIBLE_MODES = {"RGB", "L", "1", "P"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _MASK_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA"}
+RAWMODE_KEY = "anoaug.rawmode"  # info key: the decoder's raw mode when it had more than 8 bits per channel
 
 
 def is_image_file(path: Path) -> bool:
@@ -50,8 +53,12 @@ def open_image(path: str | Path) -> Image.Image:
         raise DatasetError("not a file", path)
     try:
         with Image.open(path) as img:
+            raw = _deep_rawmode(img)
             img.load()
-            return img.copy() if img.mode != "P" else img.convert("RGBA" if _has_transparency(img) else "RGB")
+            out = img.copy() if img.mode != "P" else img.convert("RGBA" if _has_transparency(img) else "RGB")
+            if raw is not None:
+                out.info[RAWMODE_KEY] = raw
+            return out
     except Image.DecompressionBombError as exc:
         raise DatasetError(f"image is too large to read safely ({exc})", path) from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -61,6 +68,9 @@ def open_image(path: str | Path) -> Image.Image:
 def image_mode_problem(img: Image.Image) -> str | None:
     """Why ``img`` cannot be used as an RGB image, or None when it can (see the module docstring)."""
     mode = img.mode
+    deep = img.info.get(RAWMODE_KEY)
+    if deep:
+        return f"16-bit colour images (raw mode {deep}) are not supported; convert it to 8-bit RGB"
     if mode in _CONVERTIBLE_MODES:
         return None
     if mode in _ALPHA_MODES:
@@ -77,6 +87,9 @@ def image_mode_problem(img: Image.Image) -> str | None:
 
 def mask_mode_problem(img: Image.Image) -> str | None:
     """Why ``img`` cannot be read as an 8-bit mask, or None when it can."""
+    deep = img.info.get(RAWMODE_KEY)
+    if deep:
+        return f"16-bit colour masks (raw mode {deep}) are not supported; save it as 8-bit grey (0/255)"
     if img.mode in _MASK_MODES:
         return None
     if img.mode in _HIGH_DEPTH_MODES:
@@ -119,6 +132,19 @@ def load_mask_gray(path: str | Path) -> np.ndarray:
 def load_mask(path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> np.ndarray:
     """Read a mask as an (H, W) bool array: True where the grey value is >= ``threshold``."""
     return load_mask_gray(path) >= threshold
+
+
+def _deep_rawmode(img: Image.Image) -> str | None:
+    """The raw mode of a colour file stored with 16 bits per channel (e.g. ``RGB;16B``), read from the
+    decoder tile before loading (Pillow reports such files as 8-bit RGB/RGBA), else None."""
+    if img.mode not in ("RGB", "RGBA"):
+        return None
+    for tile in getattr(img, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and ";16" in raw:
+            return raw
+    return None
 
 
 def _has_transparency(img: Image.Image) -> bool:

@@ -37,7 +37,7 @@ from anoaug.spec import BASE_MODEL, PipelineSpec, arm_producer
 
 STAGE_FILE = "stage.json"
 ERROR_FILE = "error.log"
-STAGES = ("split", "masks", "pretrain", "generate", "evaluate", "report")
+STAGES = ("split", "masks", "pretrain", "generate", "evaluate", "report", "validate")
 MASKS_QA_COUNT = 32  # masks written by the masks stage: a contact sheet and statistics, not the bulk
 
 
@@ -243,6 +243,41 @@ def _read_split(split: StageResult):  # -> SplitManifest
     from anoaug.data.split import read_split
 
     return read_split(split.path("split"))
+
+
+# --- validate (the input guard, before any stage writes) ---------------------------------------------
+
+
+def validate_fingerprint(spec: PipelineSpec, root: str | Path) -> str:
+    """Mask tolerance + the dataset listing (paths, sizes, mtimes): a rerun on unchanged data costs a stat."""
+    data = _read_data(spec, root)
+    rels = [r.relpath for r in data.records] + [r.mask_relpath for r in data.records if r.mask_relpath]
+    tol = spec.dataset.mask_tolerance
+    return fingerprint("validate", spec.dataset.name, spec.dataset.category, tol, listing_hash(root, rels))
+
+
+def stage_validate(spec: PipelineSpec, root: str | Path, run_dir: str | Path, force: bool = False) -> StageResult:
+    """The checks of `anoaug validate` on every file of the category (anoaug.data.guard), cached by the
+    listing's hash in `validate/stage.json`. Unlike the other stages nothing is written unless it passes:
+    a bad file raises its DatasetError (one line naming it) and leaves the run directory as it was."""
+    from anoaug.data.guard import guard_category
+
+    out_dir = stage_dir(Path(run_dir).resolve(), "validate")
+    fp = validate_fingerprint(spec, root)
+    existing = read_stage(out_dir)
+    if not force and existing is not None and is_complete(out_dir, fp):
+        return existing.model_copy(update={"skipped": True, "seconds": 0.0})
+    t0 = time.perf_counter()
+    data = guard_category(_read_data(spec, root), spec.dataset.mask_tolerance)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"images": len(data.records), "masks": sum(r.mask_relpath is not None for r in data.records)}
+    atomic_write_text(out_dir / "report.json", json.dumps({"problems": [], **info}, indent=2))
+    result = StageResult(
+        stage="validate", fingerprint=fp, out_dir=str(out_dir), outputs={"report": "report.json"},
+        content_hash=files_hash(out_dir, ["report.json"]), seconds=round(time.perf_counter() - t0, 3), info=info,
+    )  # fmt: skip
+    _write_stage(out_dir, result)
+    return result
 
 
 # --- split ------------------------------------------------------------------------------------------

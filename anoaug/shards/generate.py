@@ -13,7 +13,6 @@ concurrent run on the same directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import multiprocessing as mp
@@ -43,6 +42,7 @@ from anoaug.generators.base import (
 )
 from anoaug.hashing import sha256_file
 from anoaug.jsonable import to_jsonable
+from anoaug.outputs import die_with_parent, exclusive_lock
 from anoaug.shards.format import (
     ARTIFACT_DIR,
     FORMAT_VERSION,
@@ -106,23 +106,8 @@ class GenerationSummary:
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive flock on ``<out>/.lock``; ShardError at once when another process holds it."""
-    path = out_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise ShardError(
-                f"another `anoaug generate` (pid {holder}) is writing to this directory; "
-                "wait for it to finish or choose another --out",
-                out_dir,
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with exclusive_lock(out_dir / LOCK_FILE, "anoaug generate", ShardError):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -361,6 +346,7 @@ def _worker_init(build: Callable[[], _Context]) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    die_with_parent()  # a killed `anoaug generate` (even kill -9) takes its workers with it
     _WORKER = build()
 
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from anoaug.data.formats import folder, mvtec, visa
 from anoaug.data.records import CategoryData
 from anoaug.errors import DatasetError
+from anoaug.outputs import check_name
 
 FORMATS: dict[str, ModuleType] = {"mvtec": mvtec, "visa": visa, "folder": folder}
 FORMAT_NAMES: tuple[str, ...] = ("auto", *FORMATS)
@@ -67,7 +68,8 @@ def list_categories(root: str | Path, format: str = "auto") -> list[str]:
 
 
 def read_category(root: str | Path, category: str, format: str = "auto") -> CategoryData:
-    """All records of one category of the dataset at ``root``."""
+    """All records of one category of the dataset at ``root`` (``category`` must be a plain folder name)."""
+    check_name(category, "category")
     return FORMATS[resolve_format(root, format)].read_category(root, category)
 
 

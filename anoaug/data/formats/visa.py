@@ -32,6 +32,7 @@ from anoaug.data.formats._common import MaskIndex, all_images_below, relpath, re
 from anoaug.data.io import list_images
 from anoaug.data.records import GOOD, CategoryData, ImageRecord
 from anoaug.errors import DatasetError
+from anoaug.outputs import check_relpath
 
 NAME = "visa"
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
@@ -102,7 +103,9 @@ def _records_from_csv(rows: list[dict[str, str]], csv_path: Path, types: dict[st
             )
         if not row["image"]:
             raise DatasetError(f"a row of {row['object']!r} has no image path (near line {line})", csv_path)
-        image = row["image"].replace("\\", "/")
+        image = check_relpath(row["image"].replace("\\", "/"), csv_path, f"row {line}: image")
+        if row["mask"]:
+            check_relpath(row["mask"].replace("\\", "/"), csv_path, f"row {line}: mask")
         if label == "normal":
             records.append(ImageRecord(image, GOOD, split))
         else:
