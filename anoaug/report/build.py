@@ -278,6 +278,7 @@ def generation_quality(arms: list[dict[str, Any]], quality: dict[str, Path] | No
             **{k: q.get(k) for k in QUALITY_KEYS},
             "networks": q.get("networks", {}),
             "producer": producer,
+            "generator": q.get("generator"),
             "counts": q.get("counts", {}),
         }
     return out
@@ -424,13 +425,13 @@ def quality_table(gq: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[l
         tag = " (meaningless)" if n.get("meaningless") else ""
         cells = [_num(q.get(k)) for k in QUALITY_KEYS[:4]]
         cells += [_num(q.get(k)) + (tag if q.get(k) is not None else "") for k in QUALITY_KEYS[4:]]
-        rows.append([arm, str(q.get("producer")), *cells, str((q.get("counts") or {}).get("generated", "–"))])
+        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, str((q.get("counts") or {}).get("generated", "–"))])
     title = (
         "Generation quality (fidelity: kernel distance of texture features to held-out real defects, lower is "
         "closer; diversity: mean pairwise distance within nearest-training-defect clusters; mask alignment: "
         "share of changed pixels inside the mask; memorisation: distance to the nearest training defect, ~0 = copy)"
     )
-    return title, ["arm", "producer", *QUALITY_KEYS, "generated"], rows
+    return title, ["arm", "generator", *QUALITY_KEYS, "generated"], rows
 
 
 def render_markdown(report: Report) -> str:

@@ -1,6 +1,7 @@
 """Memorisation: how close each generated defect is to its nearest generator-training defect.
 
-The distance compares the tight defect crops (mask bounding box, resized to ``TIGHT_SIZE``) over the pixels
+The distance compares the tight defect crops (exactly the mask's bounding box, stretched to ``TIGHT_SIZE``
+square, so a turned or mirrored copy gives the turned or mirrored crop) over the pixels
 both masks cover, as a mean absolute difference in [0, 1], minimised over the 8 flips/quarter turns (a
 copy pasted rotated or mirrored is still a copy). A copy scores ~0; a new defect scores higher.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from anoaug.evaluation.quality.crops import crop_stack
+from anoaug.generators.compositing import bbox
+from anoaug.generators.diffusion.crops import resize_image, resize_mask
 
 TIGHT_SIZE = 32
 MIN_OVERLAP = 0.25  # below this share of the generated mask covered by both masks, all crop pixels count
@@ -32,9 +34,16 @@ def masked_distance(a: np.ndarray, am: np.ndarray, b: np.ndarray, bm: np.ndarray
 
 
 def tight_crops(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Crops of exactly the mask's bounding box: (N, TIGHT_SIZE, TIGHT_SIZE, 3) float in [0, 1] and masks."""
-    crops, masks = crop_stack(pairs, TIGHT_SIZE, context=1.0)
-    return crops.astype(np.float64) / 255.0, masks
+    """Crops of exactly the mask's bounding box (the whole image for an empty mask), stretched to
+    (N, TIGHT_SIZE, TIGHT_SIZE, 3) float in [0, 1], and their masks."""
+    crops, masks = [], []
+    for image, mask in pairs:
+        x, y, w, h = bbox(mask) or (0, 0, mask.shape[1], mask.shape[0])
+        crops.append(resize_image(image[y : y + h, x : x + w], TIGHT_SIZE))
+        masks.append(resize_mask(mask[y : y + h, x : x + w], TIGHT_SIZE))
+    if not crops:
+        return np.zeros((0, TIGHT_SIZE, TIGHT_SIZE, 3)), np.zeros((0, TIGHT_SIZE, TIGHT_SIZE), bool)
+    return np.stack(crops).astype(np.float64) / 255.0, np.stack(masks)
 
 
 def nearest_training(

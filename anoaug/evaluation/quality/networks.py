@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,9 @@ def kid(
     m = min(len(real), len(generated))
     if m < 2:
         return None
-    metric = KernelInceptionDistance(feature=InceptionFeatures(inception, "pool"), subsets=subsets, subset_size=m)
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": a few hundred crops here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=InceptionFeatures(inception, "pool"), subsets=subsets, subset_size=m)
     with torch.no_grad():
         for crops, is_real in ((real, True), (generated, False)):
             for s in range(0, len(crops), batch):
@@ -163,7 +166,9 @@ def inception_score(inception: nn.Module, generated: np.ndarray, batch: int, see
 
     if len(generated) < 2:
         return None
-    metric = InceptionScore(feature=InceptionFeatures(inception, "logits"), splits=min(10, len(generated) // 2))
+    with warnings.catch_warnings():  # as in `kid`
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=InceptionFeatures(inception, "logits"), splits=min(10, len(generated) // 2))
     with torch.no_grad():
         for s in range(0, len(generated), batch):
             metric.update(_tensor(generated[s : s + batch]))
