@@ -425,7 +425,8 @@ def quality_table(gq: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[l
         tag = " (meaningless)" if n.get("meaningless") else ""
         cells = [_num(q.get(k)) for k in QUALITY_KEYS[:4]]
         cells += [_num(q.get(k)) + (tag if q.get(k) is not None else "") for k in QUALITY_KEYS[4:]]
-        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, str((q.get("counts") or {}).get("generated", "–"))])
+        generated = str((q.get("counts") or {}).get("generated", "–"))
+        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, generated])
     title = (
         "Generation quality (fidelity: kernel distance of texture features to held-out real defects, lower is "
         "closer; diversity: mean pairwise distance within nearest-training-defect clusters; mask alignment: "
