@@ -279,6 +279,7 @@ def generation_quality(arms: list[dict[str, Any]], quality: dict[str, Path] | No
             "networks": q.get("networks", {}),
             "producer": producer,
             "generator": q.get("generator"),
+            "memorisation_real_reference": (q.get("detail") or {}).get("memorisation_real_reference"),
             "counts": q.get("counts", {}),
         }
     return out
@@ -426,13 +427,15 @@ def quality_table(gq: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[l
         cells = [_num(q.get(k)) for k in QUALITY_KEYS[:4]]
         cells += [_num(q.get(k)) + (tag if q.get(k) is not None else "") for k in QUALITY_KEYS[4:]]
         generated = str((q.get("counts") or {}).get("generated", "–"))
-        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, generated])
+        ref = _num(q.get("memorisation_real_reference"))
+        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, ref, generated])
     title = (
         "Generation quality (fidelity: kernel distance of texture features to held-out real defects, lower is "
         "closer; diversity: mean pairwise distance within nearest-training-defect clusters; mask alignment: "
-        "share of changed pixels inside the mask; memorisation: distance to the nearest training defect, ~0 = copy)"
+        "share of changed pixels inside the mask; memorisation: distance to the nearest training defect, ~0 = copy; "
+        "real ref.: the same distance for the held-out real defects)"
     )
-    return title, ["arm", "generator", *QUALITY_KEYS, "generated"], rows
+    return title, ["arm", "generator", *QUALITY_KEYS, "memorisation real ref.", "generated"], rows
 
 
 def render_markdown(report: Report) -> str:

@@ -16,6 +16,19 @@ def defect_crop(image: np.ndarray, mask: np.ndarray, size: int, context: float =
     return take_crop(image, mask.astype(bool), box, size)
 
 
+def native_crops(
+    pairs: list[tuple[np.ndarray, np.ndarray]], context: float = 1.5
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same square windows at the image's own resolution (no resizing: texture statistics such as noise
+    survive, which a downscale would average away)."""
+    out = []
+    for img, m in pairs:
+        m = m.astype(bool)
+        sy, sx = crop_box(m, min(MIN_SIDE, min(m.shape[:2])), context).slices()
+        out.append((img[sy, sx], m[sy, sx]))
+    return out
+
+
 def crop_stack(
     pairs: list[tuple[np.ndarray, np.ndarray]], size: int, context: float = 1.5
 ) -> tuple[np.ndarray, np.ndarray]:

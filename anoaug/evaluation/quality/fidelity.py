@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torchmetrics.image.kid import poly_mmd
 
-STD_FLOOR = 1e-3  # features constant over the real crops (e.g. an LBP code never seen) get this scale
+# Features are shares, moments and magnitudes of order 0.01-1: one that barely varies over the few real
+# defects (an LBP code never seen) is measured in units of at least this, so it cannot dominate the kernel.
+STD_FLOOR = 0.05
 
 
 def standardise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -19,11 +19,11 @@ from anoaug.data.io import load_image, load_mask
 from anoaug.data.split import SplitManifest
 from anoaug.evaluation.quality import networks
 from anoaug.evaluation.quality.alignment import changed_inside, mask_alignment
-from anoaug.evaluation.quality.crops import crop_stack
+from anoaug.evaluation.quality.crops import crop_stack, native_crops
 from anoaug.evaluation.quality.diversity import cluster_diversity, l1_distance
 from anoaug.evaluation.quality.features import texture_features
 from anoaug.evaluation.quality.fidelity import fidelity_distance
-from anoaug.evaluation.quality.memorisation import memorisation, nearest_training, tight_crops
+from anoaug.evaluation.quality.memorisation import memorisation, nearest_training
 from anoaug.evaluation.quality.settings import QualitySettings
 
 QUALITY_FILE = "quality.json"
@@ -93,10 +93,14 @@ def compute_quality(
     real_crops, _ = crop_stack(real, size, ctx)
     train_crops, _ = crop_stack(train, size, ctx)
 
-    real_f = texture_features(real_crops)
-    reference = np.concatenate([real_f, texture_features(train_crops)])  # every real defect sets the scale
-    fidelity = fidelity_distance(real_f, texture_features(gen_crops), rng, settings.subsets, reference)
-    nearest, assignment = nearest_training(tight_crops(gen), tight_crops(train))
+    def feats(pairs: list[Pair]) -> np.ndarray:
+        native = native_crops(pairs, ctx)
+        return texture_features([c for c, _ in native], [m for _, m in native])
+
+    real_f = feats(real)
+    reference = np.concatenate([real_f, feats(train)])  # every real defect sets the scale
+    fidelity = fidelity_distance(real_f, feats(gen), rng, settings.subsets, reference)
+    nearest, assignment = nearest_training(gen, train)
     diversity, clusters = (None, {})
     if len(train):
         diversity, clusters = cluster_diversity(gen_crops, assignment, l1_distance, rng, settings.cluster_cap)
@@ -110,7 +114,9 @@ def compute_quality(
         "ic_lpips": None,
     }
     finite = nearest[np.isfinite(nearest)]
+    real_nearest, _ = nearest_training(real, train)  # the scale: how far new real defects are from training
     out["detail"] = {
+        "memorisation_real_reference": _round(memorisation(real_nearest)),
         "memorisation_median": _round(float(np.median(finite))) if len(finite) else None,
         "memorisation_min": _round(float(finite.min())) if len(finite) else None,
         "clusters": clusters,
