@@ -254,6 +254,11 @@ class PipelineSpec(Section):
         "defaults to the spec's).",
     )
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    quality: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the generation-quality stage (QualitySettings in anoaug.evaluation.quality: "
+        "weights_dir for KID/IS/IC-LPIPS, crop_size, cluster_cap, ...).",
+    )
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     source: str | None = Field(default=None, description="Files the spec was read from (set by the loader).")

@@ -1,4 +1,5 @@
-"""The category flow: split -> masks -> generate (one task per generator or variant) -> evaluate -> report.
+"""The category flow: split -> masks -> generate + quality (one task each per generator or variant) -> evaluate
+-> report.
 
 Every task is a few lines over an ``anoaug.pipeline.stages`` function. Cache keys are the stages'
 fingerprints (spec section + input content hashes, never a run id), results are persisted under
@@ -52,12 +53,17 @@ def generate_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
     return _key(f"generate-{p['generator']}", fp, p["run_dir"])
 
 
+def quality_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
+    fp = stages.quality_fingerprint(p["spec"], p["split"], p["generated"])
+    return _key(f"quality-{p['producer']}", fp, p["run_dir"])
+
+
 def evaluate_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
     return _key("evaluate", stages.evaluate_fingerprint(p["spec"], p["split"], p["generated"]), p["run_dir"])
 
 
 def report_key(ctx: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("report", stages.report_fingerprint(p["spec"], p["evaluation"]), p["run_dir"])
+    return _key("report", stages.report_fingerprint(p["spec"], p["evaluation"], p.get("quality")), p["run_dir"])
 
 
 def retry_unless_bad_input(task: Any, task_run: TaskRun, state: State) -> bool:
@@ -133,6 +139,20 @@ def generate_task(
     return stages.stage_generate(spec, root, run_dir, split, masks, generator, force=force, base=base)
 
 
+@task(name="quality", task_run_name="quality-{producer}", cache_key_fn=quality_key, persist_result=True)
+def quality_task(
+    spec: PipelineSpec,
+    root: Path,
+    run_dir: Path,
+    split: StageResult,
+    generated: StageResult,
+    producer: str,
+    force: bool = False,
+) -> StageResult:
+    """Generation-quality figures of one producer's shards (quality.json)."""
+    return stages.stage_quality(spec, root, run_dir, split, generated, producer, force=force)
+
+
 @task(
     name="evaluate",
     cache_key_fn=evaluate_key,
@@ -154,9 +174,15 @@ def evaluate_task(
 
 
 @task(name="report", cache_key_fn=report_key, persist_result=True)
-def report_task(spec: PipelineSpec, run_dir: Path, evaluation: StageResult, force: bool = False) -> StageResult:
+def report_task(
+    spec: PipelineSpec,
+    run_dir: Path,
+    evaluation: StageResult,
+    force: bool = False,
+    quality: dict[str, StageResult] | None = None,
+) -> StageResult:
     """report.json/md/html and results.csv."""
-    return stages.stage_report(spec, run_dir, evaluation, force=force)
+    return stages.stage_report(spec, run_dir, evaluation, force=force, quality=quality)
 
 
 # --- the flow ---------------------------------------------------------------------------------------
@@ -166,6 +192,7 @@ def _call(t: Any, storage: Path, out_dir: Path, fp: str, force: bool, **params: 
     """Run task `t`; reuse Prefect's cached result only if `out_dir` still holds its outputs."""
     refresh = force or not stages.is_complete(out_dir, fp)
     stage = t.name if "generator" not in params else f"generate:{params['generator']}"
+    stage = f"quality:{params['producer']}" if "producer" in params else stage
     stages.notify("start", stage, None)
     state = t.with_options(refresh_cache=refresh, result_storage=storage)(**params, force=force, return_state=True)
     result: StageResult = state.result()  # raises the stage's error on failure
@@ -240,6 +267,7 @@ def run_category_stages(
     if base is None and stages.needs_base_model(spec):
         base = pretrain()
     generated: dict[str, StageResult] = {}
+    quality: dict[str, StageResult] = {}
     for name in spec.producers():
         fp = stages.generate_fingerprint(spec, split, masks, name, base)
         generated[name] = _call(
@@ -247,14 +275,20 @@ def run_category_stages(
             spec=spec, root=root, run_dir=run_dir, split=split, masks=masks, generator=name, base=base,
         )  # fmt: skip
         results.append(generated[name])
+        qfp = stages.quality_fingerprint(spec, split, generated[name])
+        quality[name] = _call(
+            quality_task, storage, d(run_dir, "quality", name), qfp, force,
+            spec=spec, root=root, run_dir=run_dir, split=split, generated=generated[name], producer=name,
+        )  # fmt: skip
+        results.append(quality[name])
     evaluation = _call(
         evaluate_task, storage, d(run_dir, "evaluate"), stages.evaluate_fingerprint(spec, split, generated), force,
         spec=spec, root=root, run_dir=run_dir, split=split, generated=generated,
     )  # fmt: skip
     results.append(evaluation)
     report = _call(
-        report_task, storage, d(run_dir, "report"), stages.report_fingerprint(spec, evaluation), force,
-        spec=spec, run_dir=run_dir, evaluation=evaluation,
+        report_task, storage, d(run_dir, "report"), stages.report_fingerprint(spec, evaluation, quality), force,
+        spec=spec, run_dir=run_dir, evaluation=evaluation, quality=quality,
     )  # fmt: skip
     results.append(report)
     return run_dir, results

@@ -44,7 +44,9 @@ def test_model_base_pretrains_then_generates_and_reruns_cached(tmp_path: Path, d
     assert code == 0, text
     run_dir = tmp_path / "demo" / "cap"
     manifest = json.loads((run_dir / "run.json").read_text())
-    assert list(manifest["stages"]) == ["split", "masks", "pretrain", "generate:diffusion-sd", "evaluate", "report"]
+    assert list(manifest["stages"]) == [
+        "split", "masks", "pretrain", "generate:diffusion-sd", "quality:diffusion-sd", "evaluate", "report"
+    ]  # fmt: skip
 
     model = run_dir / "pretrain" / "model"
     card = json.loads((model / "model_card.json").read_text())

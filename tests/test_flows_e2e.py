@@ -16,7 +16,7 @@ from flows.cli import app
 from tests.conftest import FLOW_TINY, run_cli
 
 TINY = FLOW_TINY
-STAGES = ["split", "masks", "generate:cutpaste", "evaluate", "report"]
+STAGES = ["split", "masks", "generate:cutpaste", "quality:cutpaste", "evaluate", "report"]
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -55,6 +55,9 @@ def test_full_flow_produces_the_report(out: Path, demo_root: Path) -> None:
     assert m["orchestrator"]["prefect_flow_run_id"]
     assert (out / ".prefect-results").is_dir()  # Prefect results persisted under the run dir
     assert json.loads((report.parent / "report.json").read_text())["category"] == "cap"
+    quality = json.loads((report.parent / "report.json").read_text())["generation_quality"]
+    assert set(quality) == {"cutpaste"} and quality["cutpaste"]["fidelity_mmd"] is not None
+    assert "## Generation quality" in (report.parent / "report.md").read_text()
 
 
 def test_rerun_does_no_work(out: Path, demo_root: Path) -> None:
@@ -87,7 +90,7 @@ def test_changed_generator_setting_reruns_generation_and_downstream_only(out: Pa
     new = _manifest(out)["stages"]
     assert new["split"]["reused"] and new["masks"]["reused"]
     assert new["split"]["fingerprint"] == old["split"]["fingerprint"]
-    for stage in ("generate:cutpaste", "evaluate", "report"):
+    for stage in ("generate:cutpaste", "quality:cutpaste", "evaluate", "report"):
         assert not new[stage]["reused"], stage
         assert new[stage]["fingerprint"] != old[stage]["fingerprint"], stage
 
@@ -142,7 +145,7 @@ def test_a_variant_arm_runs_end_to_end_and_is_labelled_by_its_name(tmp_path: Pat
     assert code == 0, text
     run_dir = tmp_path / "demo" / "cap"
     m = json.loads((run_dir / "run.json").read_text())
-    assert list(m["stages"]) == [*STAGES[:3], "generate:cp-sharp", *STAGES[3:]]
+    assert list(m["stages"]) == [*STAGES[:4], "generate:cp-sharp", "quality:cp-sharp", *STAGES[4:]]
     assert m["stages"]["generate:cp-sharp"]["info"]["variant"] == "cp-sharp"
     record = json.loads((run_dir / "generate" / "cp-sharp" / "run.json").read_text())
     assert (record["generator"], record["variant"]) == ("crop-paste", "cp-sharp")

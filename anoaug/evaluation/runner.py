@@ -77,7 +77,12 @@ def generation_quality_status() -> dict[str, Any]:
         "AlexNet/VGG for LPIPS) and none is present locally (offline machine). A number computed with "
         "random weights would be meaningless, so none is reported."
         if not available
-        else "Pretrained feature weights are present locally, but this version does not compute KID/IS/IC-LPIPS yet."
+        else "Pretrained feature weights are present in the torch hub cache; the evaluation does not compute "
+        "KID/IS/IC-LPIPS itself."
+    )
+    note += (
+        " The pipeline's quality stage (anoaug.evaluation.quality) computes weight-free generation-quality figures, "
+        "and KID/IS/IC-LPIPS from weights in $ANOAUG_WEIGHTS or the spec's quality.weights_dir."
     )
     return {"computed": False, "feature_weights_found": inception + lpips, "note": note}
 

@@ -123,6 +123,11 @@ def check_spec(spec: PipelineSpec, arms: bool = True) -> PipelineSpec:
         from anoaug.registry import validate_settings
 
         validate_settings(PretrainSettings, spec.pretrain, "pretrain", spec.holder(("pretrain",)))
+    if spec.quality:
+        from anoaug.evaluation.quality import QualitySettings
+        from anoaug.registry import validate_settings
+
+        validate_settings(QualitySettings, spec.quality, "quality", spec.holder(("quality",)))
     return spec
 
 

@@ -11,6 +11,7 @@ directly; those are imported inside the bodies so that importing the pipeline st
 Layout of a run directory (``<out>/<dataset>/<category>/``)::
 
     split/split.parquet        masks/...        generate/<producer>/...  (a generator or a variant)
+    quality/<producer>/quality.json   (generation-quality figures of each producer's shards)
     evaluate/...               report/report.html ...          run.json
 """
 
@@ -37,7 +38,7 @@ from anoaug.spec import BASE_MODEL, PipelineSpec, arm_producer
 
 STAGE_FILE = "stage.json"
 ERROR_FILE = "error.log"
-STAGES = ("split", "masks", "pretrain", "generate", "evaluate", "report", "validate")
+STAGES = ("split", "masks", "pretrain", "generate", "quality", "evaluate", "report", "validate")
 MASKS_QA_COUNT = 32  # masks written by the masks stage: a contact sheet and statistics, not the bulk
 
 
@@ -226,7 +227,7 @@ def run_dir_for(spec: PipelineSpec, out: str | Path) -> Path:
 
 
 def stage_dir(run_dir: str | Path, stage: str, producer: str | None = None) -> Path:
-    """`<run_dir>/<stage>`, or `<run_dir>/generate/<producer>` for one generator or variant."""
+    """`<run_dir>/<stage>`, or `<run_dir>/{generate,quality}/<producer>` for one generator or variant."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
     base = Path(run_dir) / stage
@@ -519,6 +520,63 @@ def stage_generate(
     return run_stage(f"generate:{producer}", fp, stage_dir(run_dir, "generate", producer), body, force)
 
 
+# --- quality (generation quality of one producer's shards) ------------------------------------------
+
+QUALITY_VERSION = "1"  # bump when the figures' definitions change (cached quality.json files are then redone)
+
+
+def quality_settings(spec: PipelineSpec) -> Any:  # -> QualitySettings
+    """The spec's ``quality`` section as typed settings."""
+    from anoaug.evaluation.quality import QualitySettings
+    from anoaug.registry import validate_settings
+
+    return validate_settings(QualitySettings, dict(spec.quality), "quality", spec.source)
+
+
+def quality_fingerprint(spec: PipelineSpec, split: StageResult, generated: StageResult) -> str:
+    """Quality settings + seed + split hash + the producer's shard hash + the weights folder's listing."""
+    from anoaug.evaluation.quality.networks import weights_dir_for, weights_listing
+
+    settings = quality_settings(spec)
+    weights = weights_dir_for(settings.weights_dir)
+    return fingerprint(
+        "quality",
+        QUALITY_VERSION,
+        settings.model_dump(mode="json"),
+        spec.seed,
+        split.content_hash,
+        generated.content_hash,
+        {"weights_dir": str(weights) if weights else None, "files": weights_listing(weights)},
+    )
+
+
+def stage_quality(
+    spec: PipelineSpec,
+    root: str | Path,
+    run_dir: str | Path,
+    split: StageResult,
+    generated: StageResult,
+    producer: str,
+    force: bool = False,
+) -> StageResult:
+    """Generation-quality figures of `producer`'s shards against the split's real defects
+    (`quality/<producer>/quality.json`)."""
+
+    def body(out: Path, resume: bool) -> StageOutput:
+        from anoaug.evaluation.quality.stage import FIGURES, NETWORK_FIGURES, run_quality
+
+        path = run_quality(
+            Path(generated.out_dir), _read_split(split), Path(root), out, quality_settings(spec), spec.seed, producer
+        )
+        q = json.loads(path.read_text())
+        info = {k: q.get(k) for k in (*FIGURES, *NETWORK_FIGURES)}
+        info["networks_computed"] = q["networks"]["computed"]
+        return StageOutput({"quality": path}, info)
+
+    fp = quality_fingerprint(spec, split, generated)
+    return run_stage(f"quality:{producer}", fp, stage_dir(run_dir, "quality", producer), body, force)
+
+
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
@@ -562,26 +620,38 @@ def stage_evaluate(
 # --- report -----------------------------------------------------------------------------------------
 
 
-def report_fingerprint(spec: PipelineSpec, evaluation: StageResult) -> str:
-    return fingerprint("report", spec.dataset.name, spec.dataset.category, evaluation.content_hash)
+def report_fingerprint(
+    spec: PipelineSpec, evaluation: StageResult, quality: dict[str, StageResult] | None = None
+) -> str:
+    """Dataset + category + the evaluation's hash (+ each producer's quality hash when the quality stage ran)."""
+    parts: list[Any] = ["report", spec.dataset.name, spec.dataset.category, evaluation.content_hash]
+    if quality:
+        parts.append({name: r.content_hash for name, r in sorted(quality.items())})
+    return fingerprint(*parts)
 
 
-def stage_report(spec: PipelineSpec, run_dir: str | Path, evaluation: StageResult, force: bool = False) -> StageResult:
-    """report.json/md/html and results.csv from the evaluation outputs."""
+def stage_report(
+    spec: PipelineSpec,
+    run_dir: str | Path,
+    evaluation: StageResult,
+    force: bool = False,
+    quality: dict[str, StageResult] | None = None,
+) -> StageResult:
+    """report.json/md/html and results.csv from the evaluation outputs (and the producers' quality.json)."""
 
     def body(out: Path, resume: bool) -> StageOutput:
         from anoaug.report import write_report
 
         masks_summary = stage_dir(run_dir, "masks") / "summary.json"
         masks = json.loads(masks_summary.read_text()) if masks_summary.is_file() else None
-        paths = {
-            str(k): Path(v) for k, v in write_report(Path(evaluation.out_dir), out, masks_summary=masks).items()
-        }
+        qpaths = {name: r.path("quality") for name, r in (quality or {}).items()}
+        written = write_report(Path(evaluation.out_dir), out, quality=qpaths, masks_summary=masks)
+        paths = {str(k): Path(v) for k, v in written.items()}
         if (out / "figures").is_dir():
             paths["figures"] = out / "figures"
         return StageOutput(paths, {})
 
-    fp = report_fingerprint(spec, evaluation)
+    fp = report_fingerprint(spec, evaluation, quality)
     return run_stage("report", fp, stage_dir(run_dir, "report"), body, force)
 
 
@@ -617,16 +687,22 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
         early = base is not None and masks_use_base_model(spec)
         results = [split, base, masks] if early else [split, masks] + ([base] if base is not None else [])
         generated: dict[str, StageResult] = {}
+        quality: dict[str, StageResult] = {}
         for name in spec.producers():
             g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name, base))
             if g is None:
                 return None
             generated[name] = g
             results.append(g)
+            q = done(stage_dir(run_dir, "quality", name), quality_fingerprint(spec, split, g))
+            if q is None:
+                return None
+            quality[name] = q
+            results.append(q)
         ev = done(stage_dir(run_dir, "evaluate"), evaluate_fingerprint(spec, split, generated))
         if ev is None:
             return None
-        rep = done(stage_dir(run_dir, "report"), report_fingerprint(spec, ev))
+        rep = done(stage_dir(run_dir, "report"), report_fingerprint(spec, ev, quality))
         return None if rep is None else [*results, ev, rep]
     except AnoaugError:
         return None  # let the real run report the problem

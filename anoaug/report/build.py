@@ -28,6 +28,7 @@ CSV_COLUMNS = {  # our metric key -> anomalib-benchmark-style column
     "pixel_aupro": "pixel_AUPRO",
     "ac_accuracy": "AC_accuracy",
 }
+QUALITY_KEYS = ("fidelity_mmd", "diversity", "mask_alignment", "memorisation", "kid", "is", "ic_lpips")
 TABLE_METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_aupro", "ac_accuracy")
 
 
@@ -264,11 +265,73 @@ def masks_notes(summary: dict[str, Any] | None) -> list[str]:
     return notes
 
 
+def _quality_file(source: str | None) -> Path | None:
+    """``<run>/quality/<producer>/quality.json`` beside a pipeline arm's ``<run>/generate/<producer>`` shards."""
+    if not source:
+        return None
+    shards = Path(source)
+    return shards.parent.parent / "quality" / shards.name / "quality.json"
+
+
+def generation_quality(arms: list[dict[str, Any]], quality: dict[str, Path] | None) -> dict[str, dict[str, Any]]:
+    """``{arm: {fidelity_mmd, diversity, mask_alignment, memorisation, kid, is, ic_lpips, networks, ...}}`` for
+    every arm with synthetic pairs whose producer has a quality.json (``quality``: producer -> path; None: look
+    beside each arm's shard folder). A '+real' arm shows its producer's figures."""
+    from anoaug.evaluation.quality.stage import read_quality
+
+    out: dict[str, dict[str, Any]] = {}
+    for a in arms:
+        producer = parse_arm(str(a["name"])).generator
+        if producer is None:
+            continue
+        path = quality.get(producer) if quality is not None else _quality_file(a.get("source"))
+        q = read_quality(path) if path is not None else None
+        if q is None:
+            continue
+        out[str(a["name"])] = {
+            **{k: q.get(k) for k in QUALITY_KEYS},
+            "networks": q.get("networks", {}),
+            "producer": producer,
+            "generator": q.get("generator"),
+            "memorisation_real_reference": (q.get("detail") or {}).get("memorisation_real_reference"),
+            "counts": q.get("counts", {}),
+        }
+    return out
+
+
+def quality_notes(gq: dict[str, dict[str, Any]]) -> list[str]:
+    """What the reader must know about the quality figures: no leakage, which network figures, which weights."""
+    from anoaug.evaluation.quality.stage import LEAKAGE_NOTE
+
+    if not gq:
+        return []
+    notes = [LEAKAGE_NOTE]
+    for arm, q in gq.items():
+        n = q.get("networks") or {}
+        if n.get("computed"):
+            files = ", ".join(f"{k}: {v}" for k, v in (n.get("files") or {}).items())
+            label = " MEANINGLESS: random stand-in weights." if n.get("meaningless") else ""
+            notes.append(
+                f"Generation quality of '{arm}': {', '.join(n['computed'])} computed with the weights in "
+                f"{n.get('weights_dir')} ({files}).{label}"
+            )
+        missing = [k for k in ("kid", "is", "ic_lpips") if k not in (n.get("computed") or [])]
+        if missing:
+            notes.append(f"Generation quality of '{arm}': {', '.join(missing)} not computed: {n.get('reason')}.")
+    return list(dict.fromkeys(notes))
+
+
 def write_report(
-    run_dir: Path, out_dir: Path | None = None, masks_summary: dict[str, Any] | None = None
+    run_dir: Path,
+    out_dir: Path | None = None,
+    quality: dict[str, Path] | None = None,
+    masks_summary: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write report.json, report.md, report.html, results.csv (+ figures/) for a run directory; the masks
-    stage's summary (``masks_summary``), when given, adds its kind evidence and excluded images to the notes."""
+    """Write report.json, report.md, report.html, results.csv (+ figures/) for a run directory.
+
+    ``quality`` maps a producer to its quality.json (the pipeline passes its quality stages' outputs); None
+    looks for ``quality/<producer>/quality.json`` beside each arm's shard folder. The masks stage's summary
+    (``masks_summary``), when given, adds its kind evidence and excluded images to the notes."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
@@ -282,7 +345,10 @@ def write_report(
     arms = [arm_record(a) for a in meta["arms"]]
     arm_order = [a["name"] for a in arms]
     summary, gains = summarise(runs, arm_order, arm_generators(arms))
-    notes = [meta["none_arm"], meta["protocol"]["selection"], meta["generation_quality"]["note"]]
+    gq = generation_quality(arms, quality)
+    notes = [meta["none_arm"], meta["protocol"]["selection"], *quality_notes(gq)]
+    if not gq:  # no quality stage ran: the evaluation's own note on the network figures
+        notes.append(meta["generation_quality"]["note"])
     notes += masks_notes(masks_summary)
     if not meta.get("pre_trained"):
         notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
@@ -298,13 +364,16 @@ def write_report(
         protocol=meta["protocol"],
         config=meta["config"],
         notes=notes,
-        generation_quality=meta["generation_quality"],
+        generation_quality=gq,
         runs=runs,
         summary=summary,
         gains=gains,
         figures={},
     )
     report.figures = _figures(run_dir, out, report, arm_order)
+    bars = figures.quality_bars(gq, out / "figures" / "quality.png")
+    if bars is not None:
+        report.figures["quality"] = str(bars.relative_to(out))
     paths = {
         "json": out / "report.json",
         "md": out / "report.md",
@@ -347,6 +416,8 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     metrics = [m for m in TABLE_METRICS if any(s.metric == m for s in report.summary)]
     rows = [[m, a, *(_fmt(stats.get((m, a, k))) for k in metrics)] for m, a in pairs]
     out.append(("Metrics (mean ± 95% CI half-width over seeds)", ["model", "arm", *metrics], rows))
+    if report.generation_quality:
+        out.append(quality_table(report.generation_quality))
     for base in gain_baselines(report.gains):
         g = {(x.model, x.arm, x.metric): x for x in report.gains if x.baseline == base}
         gpairs = list(dict.fromkeys((x.model, x.arm) for x in report.gains if x.baseline == base))
@@ -361,6 +432,31 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
             grows.append([m, a, *cells])
         out.append((f"Gain over '{base}' (paired by seed; * = 95% CI excludes 0)", ["model", "arm", *metrics], grows))
     return out
+
+
+def _num(v: Any) -> str:
+    return "–" if v is None else f"{float(v):.4f}"
+
+
+def quality_table(gq: dict[str, dict[str, Any]]) -> tuple[str, list[str], list[list[str]]]:
+    """(title, header, rows) of the generation-quality table: one row per arm; network figures computed with
+    stand-in weights are marked '(meaningless)'."""
+    rows = []
+    for arm, q in gq.items():
+        n = q.get("networks") or {}
+        tag = " (meaningless)" if n.get("meaningless") else ""
+        cells = [_num(q.get(k)) for k in QUALITY_KEYS[:4]]
+        cells += [_num(q.get(k)) + (tag if q.get(k) is not None else "") for k in QUALITY_KEYS[4:]]
+        generated = str((q.get("counts") or {}).get("generated", "–"))
+        ref = _num(q.get("memorisation_real_reference"))
+        rows.append([arm, str(q.get("generator") or q.get("producer")), *cells, ref, generated])
+    title = (
+        "Generation quality (fidelity: kernel distance of texture features to held-out real defects, lower is "
+        "closer; diversity: mean pairwise distance within nearest-training-defect clusters; mask alignment: "
+        "share of changed pixels inside the mask; memorisation: distance to the nearest training defect, ~0 = copy; "
+        "real ref.: the same distance for the held-out real defects)"
+    )
+    return title, ["arm", "generator", *QUALITY_KEYS, "memorisation real ref.", "generated"], rows
 
 
 def render_markdown(report: Report) -> str:
@@ -412,6 +508,7 @@ def render_html(report: Report) -> str:
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
     sections = [
+        ("Generation quality", "quality"),
         ("Gains", "gain_"),
         ("Precision-recall curves", "pr_"),
         ("Training pairs and real defects", "samples_"),

@@ -157,3 +157,30 @@ def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Pat
     ax.set_ylabel("true (held-out real)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+QUALITY_FIGURES = (
+    ("fidelity_mmd", "fidelity distance (lower: closer to real)"),
+    ("diversity", "diversity (higher: more varied)"),
+    ("mask_alignment", "mask alignment (1: changes inside mask)"),
+    ("memorisation", "memorisation distance (~0: copies)"),
+)
+
+
+def quality_bars(quality: dict[str, dict], path: Path) -> Path | None:
+    """Bars of the weight-free generation-quality figures, one panel per figure, one bar per arm."""
+    arms = [a for a, q in quality.items() if any(q.get(k) is not None for k, _ in QUALITY_FIGURES)]
+    if not arms:
+        return None
+    fig, axes = plt.subplots(1, len(QUALITY_FIGURES), figsize=(3.2 * len(QUALITY_FIGURES), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], QUALITY_FIGURES, strict=True):
+        vals = [quality[a].get(key) for a in arms]
+        ax.bar(range(len(arms)), [v if v is not None else 0.0 for v in vals], color=[f"C{i}" for i in range(len(arms))])
+        for i, v in enumerate(vals):
+            if v is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("generation quality per arm (weight-free figures)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -72,7 +72,11 @@ class Report(_Model):
     protocol: dict[str, Any]
     config: dict[str, Any]
     notes: list[str]
-    generation_quality: dict[str, Any]
+    generation_quality: dict[str, Any] = Field(
+        description="{arm: {fidelity_mmd, diversity, mask_alignment, memorisation, kid, is, ic_lpips, networks: "
+        "{weights_dir, files, computed, meaningless, reason}, producer, generator, counts}} from the quality stage "
+        "(empty when it did not run); kid / is / ic_lpips are null unless listed in networks.computed."
+    )
     runs: list[RunResult]
     summary: list[Summary]
     gains: list[Gain]
