@@ -131,6 +131,7 @@ def test_pretrain_same_seed_and_steps_same_weights_on_a_busy_machine(demo_root: 
     assert training["steps"] == training["planned_steps"] == 8 and "max_train_seconds" not in training
 
 
+@pytest.mark.slow  # end to end: split, masks, generate (capped, resumed, uncapped), evaluate, report
 def test_time_cap_is_marked_everywhere_and_a_rerun_without_it_resumes(
     demo_root: Path, tmp_path: Path, fake_clock: None
 ) -> None:
