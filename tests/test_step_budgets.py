@@ -180,3 +180,34 @@ def test_time_cap_is_marked_everywhere_and_a_rerun_without_it_resumes(
     assert _weights(resumed) == _weights(uncapped)
     assert resumed.info["artifact_hash"] == uncapped.info["artifact_hash"]
     assert _shards(resumed) == _shards(uncapped)
+
+
+def test_old_cap_name_still_loads_with_a_warning_and_cache_keys_ignore_the_cap() -> None:
+    from anoaug.errors import SpecError
+    from anoaug.generators import get_generator
+    from anoaug.generators.diffusion.pretrain import PretrainSettings
+
+    with pytest.warns(DeprecationWarning, match="time_budget_s"):
+        gen = get_generator("diffusion-tiny")({"time_budget_s": 99})
+    assert gen.settings.max_train_seconds == 99
+    with pytest.warns(DeprecationWarning, match="time_budget_s"):
+        assert PretrainSettings(time_budget_s=120).max_train_seconds == 120
+    assert PretrainSettings().max_train_seconds is None and gen.Settings().max_train_seconds is None
+
+    split = stages.StageResult(stage="split", fingerprint="f", out_dir="/x", content_hash="h")
+    keys = {stages.generate_fingerprint(_spec(**cap), split, None, "diffusion-tiny") for cap in
+            ({}, {"max_train_seconds": 5}, {"time_budget_s": 7})}  # fmt: skip
+    assert len(keys) == 1
+    assert stages.generate_fingerprint(_spec(train_steps=7), split, None, "diffusion-tiny") not in keys
+    with pytest.raises(SpecError, match="num_threads"):
+        prepare_spec("demo/cap", sets={"evaluation": {"num_threads": 0}})
+
+
+def test_demo_plans_steps_with_a_guard_cap_and_evaluates_on_the_available_cores() -> None:
+    from flows.driver import DEMO_CATEGORY, demo_options
+
+    opts = demo_options("diffusion-tiny", {})
+    spec = prepare_spec(DEMO_CATEGORY, generator="diffusion-tiny", sets=opts.sets)
+    params = spec.generator.params
+    assert params["train_steps"] == 250 and params["max_train_seconds"] == 240
+    assert spec.evaluation.num_threads == "auto"
