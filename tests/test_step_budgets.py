@@ -195,8 +195,10 @@ def test_old_cap_name_still_loads_with_a_warning_and_cache_keys_ignore_the_cap()
     assert PretrainSettings().max_train_seconds is None and gen.Settings().max_train_seconds is None
 
     split = stages.StageResult(stage="split", fingerprint="f", out_dir="/x", content_hash="h")
-    keys = {stages.generate_fingerprint(_spec(**cap), split, None, "diffusion-tiny") for cap in
-            ({}, {"max_train_seconds": 5}, {"time_budget_s": 7})}  # fmt: skip
+    with pytest.warns(DeprecationWarning, match="time_budget_s"):
+        old_name = _spec(time_budget_s=7)
+    specs = [_spec(), _spec(max_train_seconds=5), old_name]
+    keys = {stages.generate_fingerprint(spec, split, None, "diffusion-tiny") for spec in specs}
     assert len(keys) == 1
     assert stages.generate_fingerprint(_spec(train_steps=7), split, None, "diffusion-tiny") not in keys
     with pytest.raises(SpecError, match="num_threads"):
