@@ -396,6 +396,10 @@ def generate_cmd(
         highlight=False,
         soft_wrap=True,
     )
+    from anoaug.budget import is_capped, warning
+
+    if is_capped(summary.training):
+        err_console.print(f"[yellow]{escape(warning(name, summary.training or {}))}[/yellow]", highlight=False)
 
 
 def _with_producer_params(spec: Any, name: str, items: list[str]) -> Any:
@@ -540,7 +544,12 @@ def pretrain_cmd(
         list[str] | None,
         typer.Option("--category", "-c", help="Category (repeatable; default with a root: all of them)."),
     ] = None,
-    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds, both phases.")] = None,
+    max_train_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-train-seconds", "--time-budget", min=1, help="Optional time cap of both phases (seconds)."
+        ),
+    ] = None,
     resolution: Annotated[int | None, typer.Option(min=16, help="Crop side in pixels.")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Training seed (the split uses the spec's).")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset root for a spec.")] = None,
@@ -568,7 +577,7 @@ def pretrain_cmd(
     dotted = [k for k, v in given.items() if isinstance(v, dict)]
     if dotted:
         raise SpecError(f"--param takes pretrain settings KEY=VALUE, not dotted keys: {', '.join(dotted)}")
-    for key, value in (("time_budget_s", time_budget), ("resolution", resolution), ("seed", seed)):
+    for key, value in (("max_train_seconds", max_train_seconds), ("resolution", resolution), ("seed", seed)):
         if value is not None:
             given[key] = value
     settings = validate_settings(PretrainSettings, given, "pretrain", None)
@@ -622,6 +631,10 @@ def pretrain_cmd(
         soft_wrap=True,
     )
     console.print(f"model: {escape(str(folder))}", highlight=False, soft_wrap=True)
+    from anoaug.budget import is_capped, warning
+
+    if is_capped(card.get("training")):
+        err_console.print(f"[yellow]{escape(warning('pretrain', card['training']))}[/yellow]", highlight=False)
 
 
 @app.command("export")

@@ -192,7 +192,18 @@ class EvaluationSection(Section):
     )
     classifier_image_size: int = Field(default=64, ge=16)
     classifier_epochs: int = Field(default=8, ge=1)
-    num_threads: int = Field(default=1, ge=1, description="torch CPU threads (1 is fastest on a shared, busy CPU).")
+    num_threads: int | Literal["auto"] = Field(
+        default=1,
+        description="torch CPU threads: a number (results are byte-identical for the same seeds and count), or "
+        "auto = the cores this process may use (its CPU affinity; run.json records the count).",
+    )
+
+    @field_validator("num_threads")
+    @classmethod
+    def _threads_positive(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("num_threads must be >= 1 or auto")
+        return v
     precision: Literal["auto", "32", "bf16"] = Field(
         default="auto",
         description="Segmenter training precision: bf16 autocast (~1.7x faster on CPUs with native bf16), 32, or "

@@ -1,6 +1,6 @@
 """What `anoaug pretrain` reaches on the demo categories (prints figures; not run by the tests).
 
-    python benchmarks/bench_pretrain.py [--out DIR] [--demo-root ROOT] [--time-budget S] [--param KEY=VALUE ...]
+    python benchmarks/bench_pretrain.py [--out DIR] [--demo-root ROOT] [--max-train-seconds S] [--param KEY=VALUE ...]
 
 Pretrains (or resumes) a base model on the normal training images of demo/cap and demo/fabric with the
 default settings (or the given ones) and prints from its model card: VAE PSNR on held-out normal crops,
@@ -26,7 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/anoaug-bench-pretrain"))
     ap.add_argument("--demo-root", type=Path, default=Path("/tmp/anoaug-bench-demo"))
-    ap.add_argument("--time-budget", type=float, default=None)
+    ap.add_argument("--max-train-seconds", type=float, default=None, help="optional time cap")
     ap.add_argument("--param", action="append", default=[], help="pretrain setting KEY=VALUE (YAML value)")
     args = ap.parse_args()
 
@@ -40,8 +40,8 @@ def main() -> None:
     if not all((args.demo_root / c).is_dir() for c in ("cap", "fabric")):
         make_demo_dataset(args.demo_root, seed=0)
     given = parse_sets(args.param)
-    if args.time_budget is not None:
-        given["time_budget_s"] = args.time_budget
+    if args.max_train_seconds is not None:
+        given["max_train_seconds"] = args.max_train_seconds
     settings = validate_settings(PretrainSettings, given, "pretrain")
     sources = []
     for name in ("cap", "fabric"):

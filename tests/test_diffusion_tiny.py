@@ -19,7 +19,7 @@ TINY = {
     "widths": [8, 16],
     "batch": 4,
     "train_steps": 6,
-    "time_budget_s": None,
+    "max_train_seconds": None,
     "num_inference_steps": 4,
     "max_normals": 4,
     "checkpoint_every_s": 3600,
@@ -292,7 +292,7 @@ def test_training_loss_decreases(patch: int) -> None:
     sched = make_noise_scheduler()
     held = sampler.batch(8)  # drawn before training: a fixed evaluation batch
     before = _eval_loss(model, sched, held)
-    cfg = TrainConfig(train_steps=40, time_budget_s=None, batch=4, lr=3e-3, warmup_steps=5, ema_decay=0.9)
+    cfg = TrainConfig(train_steps=40, max_train_seconds=None, batch=4, lr=3e-3, warmup_steps=5, ema_decay=0.9)
     model, result = train_tiny(model, sampler, sched, cfg, progress=None, progress_every=10)
     after = _eval_loss(model, sched, held)
     assert result.steps == 40 and result.stopped_by == "steps" and len(result.losses) == 4
@@ -303,13 +303,13 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> 
     from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sched = make_noise_scheduler()
-    cfg = TrainConfig(train_steps=6, time_budget_s=None, batch=2, warmup_steps=2)
+    cfg = TrainConfig(train_steps=6, max_train_seconds=None, batch=2, warmup_steps=2)
     sampler, model = _sampler_and_model()
     full, _ = train_tiny(model, sampler, sched, cfg, progress=None)
 
     ckpt = tmp_path / ".train_state.pt"
     sampler, model = _sampler_and_model()
-    cfg3 = TrainConfig(train_steps=3, time_budget_s=None, batch=2, warmup_steps=2)
+    cfg3 = TrainConfig(train_steps=3, max_train_seconds=None, batch=2, warmup_steps=2)
     train_tiny(model, sampler, sched, cfg3, checkpoint=ckpt, progress=None)
     assert ckpt.is_file()
     sampler, model = _sampler_and_model()
@@ -318,36 +318,20 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> 
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
-    other = TrainConfig(train_steps=6, time_budget_s=None, batch=3)
+    other = TrainConfig(train_steps=6, max_train_seconds=None, batch=3)
     sampler, model = _sampler_and_model()
     with pytest.raises(ValueError, match="different training settings"):
         train_tiny(model, sampler, sched, other, checkpoint=ckpt, progress=None)
 
 
-def test_time_budget_stops_training() -> None:
+def test_time_cap_stops_training() -> None:
     from anoaug.generators.diffusion.tiny.training import TrainConfig, make_noise_scheduler, train_tiny
 
     sampler, model = _sampler_and_model()
-    cfg = TrainConfig(train_steps=10_000, time_budget_s=0.0, batch=2)
+    cfg = TrainConfig(train_steps=10_000, max_train_seconds=0.0, batch=2)
     _, result = train_tiny(model, sampler, make_noise_scheduler(), cfg, progress=None)
     assert result.stopped_by == "time" and result.steps == 0
 
-
-def test_busy_cores_sees_other_processes_not_this_one() -> None:
-    """`threads: auto` counts other processes' CPU: a spinning child shows up, our own spinning does not."""
-    import subprocess
-    import sys
-    import time
-
-    from anoaug.generators.diffusion.tiny.generator import _busy_cores
-
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        assert _busy_cores(0.5) >= 0.4
-    finally:
-        child.kill()
-        child.wait()
 
 
 # ----------------------------------------------------------------------------- trimap conditioning

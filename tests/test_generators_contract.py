@@ -39,7 +39,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "widths": [8, 16],
         "batch": 4,
         "train_steps": 4,
-        "time_budget_s": None,
+        "max_train_seconds": None,
         "num_inference_steps": 3,
         "max_normals": 4,
         "checkpoint_every_s": 3600,

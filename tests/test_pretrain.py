@@ -245,15 +245,18 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes_to_the_same_bytes(tiny_so
     assert read_card(more)["steps"] == {"vae": 5, "unet": 7}
 
 
-def test_time_budget_stops_training_and_progress_reports_each_step(tiny_sources, tmp_path: Path) -> None:
-    s = PretrainSettings.minimal(**{**QUICK, "vae_steps": 10**6, "unet_steps": 10**6, "time_budget_s": 1.0})
+def test_time_cap_stops_training_and_progress_reports_each_step(tiny_sources, tmp_path: Path) -> None:
+    s = PretrainSettings.minimal(**{**QUICK, "vae_steps": 10**6, "unet_steps": 10**6, "max_train_seconds": 1.0})
     reports = []
     card = read_card(pretrain_base(s, tiny_sources, tmp_path / "m", reports.append))
     assert card["stopped_by"] == {"vae": "time", "unet": "time"}
     assert 0 < card["steps"]["vae"] < 10**6 and card["steps"]["unet"] < 10**6
     vae = [r for r in reports if r.phase == "vae"]
     assert [r.step for r in vae] == list(range(1, card["steps"]["vae"] + 1))
-    assert all(r.total == 10**6 and 0 <= r.eta_s <= s.time_budget_s and np.isfinite(r.loss) for r in reports)
+    assert all(r.total == 10**6 and 0 <= r.eta_s <= s.max_train_seconds and np.isfinite(r.loss) for r in reports)
+    training = card["training"]  # planned vs done steps of both phases
+    assert training["stopped_by"] == "time" and training["planned_steps"] == 2 * 10**6
+    assert training["steps"] == card["steps"]["vae"] + card["steps"]["unet"] and training["max_train_seconds"] == 1.0
 
 
 def test_random_masks_mix_full_and_partial_masks() -> None:
@@ -299,14 +302,15 @@ def test_cli_pretrain_trains_resumes_and_reports(tmp_path: Path) -> None:
     root = write_tiny_mvtec(tmp_path / "mvtec", n_train=6, defects={"scratch": 3}, size=40)
     out = tmp_path / "model"
     sets = {**PretrainSettings.minimal(**QUICK).model_dump(mode="json"), "resolution": 32}
-    params = [x for k, v in sets.items() if k not in ("time_budget_s", "seed", "max_image_side")
+    params = [x for k, v in sets.items() if k not in ("max_train_seconds", "seed", "max_image_side")
               for x in ("--param", f"{k}={v}")]  # fmt: skip
-    args = ["pretrain", str(root), "--out", str(out), "--time-budget", "600", "--seed", "3", *params]
+    args = ["pretrain", str(root), "--out", str(out), "--max-train-seconds", "600", "--seed", "3", *params]
     code, text = run_cli(args)
     assert code == 0, text
     assert "VAE PSNR" in text and "widget 5 normal image(s)" in text
     card = json.loads((out / "model_card.json").read_text())
-    assert card["settings"]["seed"] == 3 and card["settings"]["time_budget_s"] == 600
+    assert card["settings"]["seed"] == 3 and card["settings"]["max_train_seconds"] == 600
+    assert card["training"]["stopped_by"] == "steps" and "warning" not in text
     code, text = run_cli(args)  # again: resumes the finished run, same model
     assert code == 0 and "resumed from VAE step 5, UNet step 5" in text
 

@@ -159,7 +159,8 @@ def iter_synthetic(source: Path | Iterable[SyntheticPair]) -> Iterator[Synthetic
 
 
 def read_generation_record(source: Any) -> dict[str, Any]:
-    """Which generator made a synthetic source: ``generator``, ``variant`` and ``generator_params``.
+    """Which generator made a synthetic source: ``generator``, ``variant`` and ``generator_params`` (and
+    ``training``, the artifact's planned vs done steps, when the record has it).
 
     For a shard directory, from its generation record (``run.json`` of ``anoaug generate``; a record
     without ``variant`` is from before variants: null). An in-memory source, or a directory without a
@@ -179,11 +180,14 @@ def read_generation_record(source: Any) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("generator"), str):
         raise AnoaugError("not a generation record (no 'generator')", path)
     params = record.get("generator_params")
-    return {
+    out = {
         "generator": record["generator"],
         "variant": record.get("variant"),
         "generator_params": params if isinstance(params, dict) else {},
     }
+    if isinstance(record.get("training"), dict):  # a learned generator's planned vs done steps
+        out["training"] = record["training"]
+    return out
 
 
 def load_synthetic(

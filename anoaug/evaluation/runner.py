@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from anoaug.atomic import atomic_write_text
+from anoaug.budget import thread_count
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
 from anoaug.device import resolve_device
@@ -128,11 +129,14 @@ def _arm_generator(arm: Arm, source: Any) -> dict[str, Any]:
     if arm.generator is None:
         return {"generator": None, "variant": None, "generator_params": None}
     record = read_generation_record(source)
-    return {
+    out = {
         "generator": record.get("generator", arm.generator),
         "variant": record.get("variant"),
         "generator_params": record.get("generator_params", {}),
     }
+    if "training" in record:
+        out["training"] = record["training"]  # planned vs done steps: the report marks a capped arm
+    return out
 
 
 def run_evaluation(
@@ -161,7 +165,8 @@ def run_evaluation(
     if split.category != data.category:
         raise ManifestError(f"split manifest is for category {split.category!r}, data is {data.category!r}")
     device = str(resolve_device(cfg.device))
-    torch.set_num_threads(cfg.num_threads)
+    threads = thread_count(cfg.num_threads)  # auto: from the CPU affinity, never from the machine's load
+    torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -243,7 +248,9 @@ def run_evaluation(
             + "".join(get_detector(m).none_arm_note for m in dict.fromkeys(cfg.models))
         ),
         "generation_quality": generation_quality_status(),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": device},
+        "environment": {
+            "torch": torch.__version__, "python": platform.python_version(), "device": device, "num_threads": threads,
+        },  # fmt: skip
         "status": "running",
     }
     _json_dump(run_meta, out_dir / "run.json")

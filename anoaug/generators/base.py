@@ -151,6 +151,9 @@ class Generator(ABC):
         self.settings = self._validate(params, None, GeneratorError)
         self.artifact_dir: Path | None = None
         self.artifact_hash: str | None = None
+        # A learned generator's training record (`anoaug.budget.record`: planned vs done steps), set by
+        # `_fit`; kept in the artifact's meta as "training".
+        self.training: dict[str, Any] | None = None
 
     @classmethod
     def check_params(cls, params: dict[str, Any] | None, source: str | Path | None = None) -> GeneratorSettings:
@@ -187,6 +190,8 @@ class Generator(ABC):
             "defect_types": data.defect_types,
             "train_defects": sorted(d.relpath for d in data.defects),
         }
+        if self.training is not None:
+            meta["training"] = self.training
         atomic_write_text(out / ARTIFACT_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
         self.artifact_dir = out
         self.artifact_hash = artifact_hash(out)
@@ -207,6 +212,7 @@ class Generator(ABC):
         except GeneratorError as exc:
             raise GeneratorError(exc.message, meta_path) from None
         gen._load(artifact_dir, meta)
+        gen.training = meta.get("training")
         gen.artifact_dir = artifact_dir
         gen.artifact_hash = artifact_hash(artifact_dir)
         return gen

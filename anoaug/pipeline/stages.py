@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from anoaug.atomic import atomic_write_text
+from anoaug.budget import can_continue, cap_of, is_capped, warning, without_cap
 from anoaug.errors import AnoaugError, SpecError
 from anoaug.pipeline.fingerprint import files_hash, fingerprint, listing_hash
 from anoaug.spec import BASE_MODEL, PipelineSpec, arm_producer
@@ -140,10 +141,27 @@ def read_stage(out_dir: str | Path) -> StageResult | None:
         return None
 
 
-def is_complete(out_dir: str | Path, fp: str) -> bool:
-    """True when `out_dir` holds finished outputs for fingerprint `fp`."""
+def is_complete(out_dir: str | Path, fp: str, cap: float | None = None) -> bool:
+    """True when `out_dir` holds finished outputs for fingerprint `fp`; a training that a time cap stopped
+    early (``info["training"]``) is complete only while the cap ``cap`` (None: none) would not get further."""
     rec = read_stage(out_dir)
-    return rec is not None and rec.status == "done" and rec.fingerprint == fp and rec.outputs_exist()
+    return (
+        rec is not None
+        and rec.status == "done"
+        and rec.fingerprint == fp
+        and rec.outputs_exist()
+        and not can_continue(rec.info.get("training"), cap)
+    )
+
+
+def training_warning(stage: str, info: dict[str, Any]) -> str | None:
+    """The one-line warning for a stage (its name and ``info``) whose training the time cap stopped early,
+    e.g. "warning: diffusion-tiny trained 156 / 2500 steps (time cap 420 s)"; None otherwise."""
+    rec = info.get("training")
+    if not is_capped(rec):
+        return None
+    name = info.get("variant") or info.get("generator") or stage
+    return warning(str(name), rec)
 
 
 def _write_stage(out_dir: Path, result: StageResult) -> None:
@@ -166,17 +184,24 @@ def run_stage(
     out_dir: str | Path,
     body: Callable[[Path, bool], StageOutput],
     force: bool = False,
+    cap: float | None = None,
 ) -> StageResult:
     """Run `body(out_dir, resume)` unless `out_dir` already holds its outputs for fingerprint `fp`.
 
     `resume` is True when an interrupted run with the same fingerprint left partial outputs (a
-    resumable body, like shard writing, continues from them); otherwise the directory is cleared.
+    resumable body, like shard writing, continues from them), or when a training stopped early by its
+    time cap can get further under ``cap`` (the body continues it from its checkpoint); otherwise the
+    directory is cleared.
     """
     out_dir = Path(out_dir).resolve()
     existing = read_stage(out_dir)
-    if not force and existing is not None and is_complete(out_dir, fp):
+    if not force and existing is not None and is_complete(out_dir, fp, cap):
         return existing.model_copy(update={"skipped": True, "seconds": 0.0})
     resume = not force and existing is not None and existing.fingerprint == fp and existing.status == "running"
+    resume = resume or (
+        not force and existing is not None and existing.fingerprint == fp and existing.status == "done"
+        and can_continue(existing.info.get("training"), cap)
+    )  # fmt: skip
     if out_dir.exists() and not resume:
         _clear(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -399,8 +424,10 @@ def pretrain_settings(spec: PipelineSpec) -> Any:  # -> PretrainSettings
 
 
 def pretrain_fingerprint(spec: PipelineSpec, split: StageResult) -> str:
-    """Pretrain settings (seed included) + the split's hash (which normal images it learns from)."""
-    return fingerprint("pretrain", {"seed": spec.seed, **spec.pretrain}, spec.dataset.category, split.content_hash)
+    """Pretrain settings (seed and planned steps included, the time cap not) + the split's hash (which normal
+    images it learns from)."""
+    section = {"seed": spec.seed, **without_cap(spec.pretrain)}
+    return fingerprint("pretrain", section, spec.dataset.category, split.content_hash)
 
 
 def stage_pretrain(
@@ -423,11 +450,11 @@ def stage_pretrain(
             progress=progress,
         )  # fmt: skip
         card = read_card(model)
-        keys = ("vae_psnr_db", "steps", "seconds", "stopped_by", "resolution", "unet_kind")
+        keys = ("vae_psnr_db", "steps", "seconds", "stopped_by", "resolution", "unet_kind", "training")
         return StageOutput({"model": model}, {k: card[k] for k in keys if k in card})
 
     fp = pretrain_fingerprint(spec, split)
-    return run_stage("pretrain", fp, stage_dir(run_dir, "pretrain"), body, force)
+    return run_stage("pretrain", fp, stage_dir(run_dir, "pretrain"), body, force, cap_of(spec.pretrain))
 
 
 def with_base_model(spec: PipelineSpec, producer: str, base: StageResult | None) -> PipelineSpec:
@@ -452,13 +479,14 @@ def generate_fingerprint(
     producer: str,
     base: StageResult | None = None,
 ) -> str:
-    """The producer's generator + params (spec.producer) + generation and masks sections + seed + split and
-    masks hashes (+ the pretrained base model's hash when the producer runs on ``model: base``)."""
+    """The producer's generator + params (spec.producer; planned steps included, the time cap not) +
+    generation and masks sections + seed + split and masks hashes (+ the pretrained base model's hash when
+    the producer runs on ``model: base``)."""
     generator, params = spec.producer(producer)
     parts: list[Any] = [
         "generate",
         generator,
-        params,
+        without_cap(params),
         spec.generation,
         masks_section(spec),
         spec.dataset.kind,
@@ -514,10 +542,18 @@ def stage_generate(
             "shards": len(summary.shards),
             "defect_types": list(summary.defect_types),
         }
+        if summary.training is not None:
+            info["training"] = summary.training  # planned vs done steps (anoaug.budget)
         return StageOutput(outputs, info)
 
     fp = generate_fingerprint(spec, split, masks, producer, base)
-    return run_stage(f"generate:{producer}", fp, stage_dir(run_dir, "generate", producer), body, force)
+    cap = producer_cap(spec, producer)
+    return run_stage(f"generate:{producer}", fp, stage_dir(run_dir, "generate", producer), body, force, cap)
+
+
+def producer_cap(spec: PipelineSpec, producer: str) -> float | None:
+    """The time cap (``max_train_seconds``) of a producer's training, None when it has none."""
+    return cap_of(spec.producer(producer)[1])
 
 
 # --- quality (generation quality of one producer's shards) ------------------------------------------
@@ -666,9 +702,9 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
     orchestration starts.
     """
 
-    def done(out_dir: Path, fp: str) -> StageResult | None:
+    def done(out_dir: Path, fp: str, cap: float | None = None) -> StageResult | None:
         rec = read_stage(out_dir)
-        ok = rec is not None and is_complete(out_dir, fp)
+        ok = rec is not None and is_complete(out_dir, fp, cap)
         return rec.model_copy(update={"skipped": True, "seconds": 0.0}) if ok and rec is not None else None
 
     try:
@@ -677,7 +713,7 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
             return None
         base = None
         if needs_base_model(spec):
-            base = done(stage_dir(run_dir, "pretrain"), pretrain_fingerprint(spec, split))
+            base = done(stage_dir(run_dir, "pretrain"), pretrain_fingerprint(spec, split), cap_of(spec.pretrain))
             if base is None:
                 return None
         masks = done(stage_dir(run_dir, "masks"), masks_fingerprint(spec, split, base))
@@ -689,7 +725,8 @@ def up_to_date(spec: PipelineSpec, root: str | Path, run_dir: str | Path) -> lis
         generated: dict[str, StageResult] = {}
         quality: dict[str, StageResult] = {}
         for name in spec.producers():
-            g = done(stage_dir(run_dir, "generate", name), generate_fingerprint(spec, split, masks, name, base))
+            fp = generate_fingerprint(spec, split, masks, name, base)
+            g = done(stage_dir(run_dir, "generate", name), fp, producer_cap(spec, name))
             if g is None:
                 return None
             generated[name] = g

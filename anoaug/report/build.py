@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from anoaug.budget import is_capped, note
 from anoaug.errors import AnoaugError
 from anoaug.evaluation.metrics import ALL_METRICS, mean_ci
 from anoaug.evaluation.protocol import NONE_ARM, REAL_ARM, parse_arm
@@ -64,7 +65,22 @@ def arm_record(arm: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(generation, dict) or "generator" not in generation:
         return arm
     keys = ("generator", "variant", "generator_params")
-    return {**arm, **{k: generation.get(k) for k in keys}}
+    extra = {"training": generation["training"]} if isinstance(generation.get("training"), dict) else {}
+    return {**arm, **{k: generation.get(k) for k in keys}, **extra}
+
+
+CAPPED_MARK = " †"  # beside an arm whose generator's training its time cap stopped early
+
+
+def capped_arms(arms: list[dict[str, Any]]) -> dict[str, str]:
+    """Arm name -> its note ("trained 156 / 2500 steps (time cap)") for arms whose generator's training the
+    time cap stopped before its planned steps."""
+    return {str(a["name"]): note(a["training"]) for a in arms if is_capped(a.get("training"))}
+
+
+def arm_label(arm: str, capped: dict[str, str]) -> str:
+    """An arm's name as the tables show it: marked when its training was capped."""
+    return arm + CAPPED_MARK if arm in capped else arm
 
 
 def arm_generators(arms: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -354,6 +370,8 @@ def write_report(
         notes.append("Backbones of anomalib models and the classifier were randomly initialised (pre_trained=False).")
     if meta.get("status") != "complete":
         notes.append(f"The run is not complete (status: {meta.get('status')}); partial results.")
+    for arm, text in capped_arms(arms).items():
+        notes.append(f"{arm}{CAPPED_MARK}: {text}; its numbers are not those of a fully trained generator.")
     report = Report(
         dataset=meta["dataset"],
         category=meta["category"],
@@ -394,11 +412,12 @@ def arm_rows(arms: list[dict[str, Any]]) -> list[list[str]]:
     """One row per arm: its name (the label used everywhere), generator, variant, generator params, and
     whether it adds the real few. Records without ``variant`` / ``generator_params`` show '–'."""
     rows = []
+    capped = capped_arms(arms)
     for a in arms:
         params = a.get("generator_params")
         rows.append(
             [
-                str(a["name"]),
+                arm_label(str(a["name"]), capped),
                 a.get("generator") or "–",
                 a.get("variant") or "–",
                 json.dumps(params, sort_keys=True) if params else "–",
@@ -411,10 +430,11 @@ def arm_rows(arms: list[dict[str, Any]]) -> list[list[str]]:
 def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the arms table, the metric table and the gain tables, shared by md and html."""
     out = [("Arms", ["arm", "generator", "variant", "generator params", "real few"], arm_rows(report.arms))]
+    capped = capped_arms(report.arms)
     stats = {(s.model, s.arm, s.metric): s.stat for s in report.summary}
     pairs = list(dict.fromkeys((s.model, s.arm) for s in report.summary))
     metrics = [m for m in TABLE_METRICS if any(s.metric == m for s in report.summary)]
-    rows = [[m, a, *(_fmt(stats.get((m, a, k))) for k in metrics)] for m, a in pairs]
+    rows = [[m, arm_label(a, capped), *(_fmt(stats.get((m, a, k))) for k in metrics)] for m, a in pairs]
     out.append(("Metrics (mean ± 95% CI half-width over seeds)", ["model", "arm", *metrics], rows))
     if report.generation_quality:
         out.append(quality_table(report.generation_quality))
@@ -429,7 +449,7 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
             for k in metrics:
                 x = g.get((m, a, k))
                 cells.append("–" if x is None else _fmt(x.stat, signed=True) + (" *" if x.significant else ""))
-            grows.append([m, a, *cells])
+            grows.append([m, arm_label(a, capped), *cells])
         out.append((f"Gain over '{base}' (paired by seed; * = 95% CI excludes 0)", ["model", "arm", *metrics], grows))
     return out
 

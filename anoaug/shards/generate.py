@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from anoaug.budget import can_continue, cap_of, without_cap
 from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
@@ -98,6 +99,7 @@ class GenerationSummary:
     samples_manifest: Path | None = None
     shards_manifest: Path | None = None
     seconds: float = 0.0
+    training: dict[str, Any] | None = None  # the artifact's training record (anoaug.budget): planned vs done
 
 
 # --- locking and directory safety -----------------------------------------------------------------
@@ -189,7 +191,11 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
-        if k in ("artifact_hash", "created"):
+        if k in ("artifact_hash", "created", "training"):
+            continue
+        if k == "generator_params":  # the time cap is no part of the run: a capped run continues under another
+            if without_cap(old.get(k)) != without_cap(new.get(k)):
+                diffs.append(f"{k}: {json.dumps(old.get(k))[:40]} -> {json.dumps(new.get(k))[:40]}")
             continue
         if old.get(k) != new.get(k):
             a, b = json.dumps(old.get(k))[:40], json.dumps(new.get(k))[:40]
@@ -502,19 +508,23 @@ def generate_category(
                 with contextlib.suppress(AnoaugError, OSError, ValueError):
                     if artifact_hash(art_dir) == old["artifact_hash"]:
                         generator = gen_cls.load(art_dir)
-            if generator is None:
+            # A training the time cap stopped early continues from its checkpoint when the cap now allows more.
+            resume_fit = generator is not None and can_continue(generator.training, cap_of(params))
+            if generator is None or resume_fit:
                 from anoaug.masks.foreground import extract_foreground
 
                 fg_spec = spec.masks.foreground
                 generator = _fit(
                     gen_cls, params, data, split, kind, out, run_seed,
-                    foreground_fn=functools.partial(extract_foreground, spec=fg_spec, kind=kind),
+                    foreground_fn=functools.partial(extract_foreground, spec=fg_spec, kind=kind), resume=resume_fit,
                 )  # fmt: skip
         assert generator.artifact_hash is not None
         if old is not None and old.get("artifact_hash") != generator.artifact_hash:
             _clear(out, prefix, keep_artifact=True)  # samples of another artifact cannot be kept
             old = None
         config["artifact_hash"] = generator.artifact_hash
+        if generator.training is not None:
+            config["training"] = generator.training
         _write_json(run_path, config)
 
         manifest = _reconcile(out, prefix, ranges, data.category, gen_name)
@@ -562,6 +572,7 @@ def generate_category(
         samples_manifest=out / SAMPLES_MANIFEST,
         shards_manifest=out / SHARDS_MANIFEST,
         seconds=round(time.perf_counter() - t0, 3),
+        training=generator.training,
     )
 
 
@@ -574,12 +585,18 @@ def _fit(
     out: Path,
     seed: int,
     foreground_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    resume: bool = False,
 ) -> Generator:
     """Fit into ``.artifact.tmp`` and rename to ``artifact`` (a crash never leaves a half artifact).
-    ``foreground_fn`` (the masks stage's foreground, image -> bool) lets generators learn trimaps."""
+    ``foreground_fn`` (the masks stage's foreground, image -> bool) lets generators learn trimaps.
+    ``resume``: the fit starts in the old artifact's folder, so a training checkpoint there is continued."""
     final = out / ARTIFACT_DIR
     tmp = out / f".{ARTIFACT_DIR}{TMP_SUFFIX}"
-    for p in (tmp, final):
+    if resume and final.is_dir():
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        os.replace(final, tmp)
+    for p in (tmp, final) if not resume else (final,):
         if p.exists():
             shutil.rmtree(p)
     gen = gen_cls(params)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from anoaug.budget import CAP_SETTING, OLD_CAP_SETTING
 from anoaug.registry import Settings
 
 UnetKind = Literal["inpainting", "text-to-image"]
+# Planned steps of the CPU defaults: what 2 idle cores trained in the former 900 s budget, 450 s per phase
+# (README: 1,939 VAE steps at 4.3/s, 909 UNet steps at 2.0/s, demo cap + fabric).
+VAE_STEPS = 1900
+UNET_STEPS = 900
 
 
 def norm_groups(widths: tuple[int, ...]) -> int:
@@ -17,16 +23,20 @@ def norm_groups(widths: tuple[int, ...]) -> int:
 
 
 class PretrainSettings(Settings):
-    """What to train and for how long. Training stops at the step limits or the time budget, whichever
-    comes first; the VAE phase gets ``vae_share`` of the budget and the UNet phase the rest.
+    """What to train and for how long. Each phase trains its planned steps (the same seed gives the same
+    weights whatever the machine's load); ``max_train_seconds`` is an optional cap of both phases (the VAE
+    phase gets ``vae_share`` of it, the UNet phase the rest), off by default: a capped model's card says
+    how many of its planned steps it trained (``training``).
 
-    The defaults are sized for a CPU (64 px crops, a few M parameters, 15 minutes); on a GPU raise the
-    widths, the resolution and the budget (e.g. ``--param unet_channels=[128,256,512]``)."""
+    The defaults are sized for a CPU (64 px crops, a few M parameters, about 15 minutes on 2 idle cores); on
+    a GPU raise the widths, the resolution and the steps (e.g. ``--param unet_channels=[128,256,512]``)."""
 
-    time_budget_s: float = Field(900.0, gt=0, description="wall-clock budget of both phases (resumes count it)")
-    vae_share: float = Field(0.5, gt=0, lt=1, description="share of the budget given to the VAE phase")
-    vae_steps: int = Field(4000, ge=0, description="step limit of the VAE phase")
-    unet_steps: int = Field(20000, ge=0, description="step limit of the UNet phase")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="optional wall-clock cap of both phases (resumes count it); null: no cap"
+    )
+    vae_share: float = Field(0.5, gt=0, lt=1, description="share of the time cap given to the VAE phase")
+    vae_steps: int = Field(VAE_STEPS, ge=0, description="planned steps of the VAE phase")
+    unet_steps: int = Field(UNET_STEPS, ge=0, description="planned steps of the UNet phase")
     resolution: int = Field(64, ge=16, description="crop side in pixels (multiple of VAE factor x UNet factor)")
     seed: int = Field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (anoaug.device)
@@ -71,6 +81,21 @@ class PretrainSettings(Settings):
     checkpoint_every_s: float = Field(60.0, gt=0)
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps of a phase (0 = off)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """The cap's former name ``time_budget_s`` still loads, with a DeprecationWarning."""
+        if isinstance(data, dict) and OLD_CAP_SETTING in data:
+            warnings.warn(
+                f"pretrain: setting '{OLD_CAP_SETTING}' is deprecated, use '{CAP_SETTING}' (a cap: steps are planned)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = dict(data)
+            value = data.pop(OLD_CAP_SETTING)
+            data.setdefault(CAP_SETTING, value)
+        return data
+
     @model_validator(mode="after")
     def _shapes(self) -> PretrainSettings:
         if len(self.vae_channels) < 1 or len(self.unet_channels) < 2:
@@ -99,7 +124,9 @@ class PretrainSettings(Settings):
 
     def signature(self) -> dict[str, Any]:
         """Settings that must match to resume a checkpoint (budgets, step limits and checkpointing may change)."""
-        free = {"time_budget_s", "vae_steps", "unet_steps", "checkpoint_every_s", "checkpoint_every_steps", "device"}
+        free = {
+            "max_train_seconds", "vae_steps", "unet_steps", "checkpoint_every_s", "checkpoint_every_steps", "device",
+        }  # fmt: skip
         return self.model_dump(mode="json", exclude=free)
 
     @classmethod
@@ -122,6 +149,5 @@ class PretrainSettings(Settings):
             "warmup_steps": 5,
             "eval_crops": 16,
             "ema_decay": 0.9,
-            "time_budget_s": 3600.0,
         }
         return cls.model_validate({**base, **overrides})

@@ -1,12 +1,13 @@
 """`pretrain_base`: train a small Stable Diffusion (VAE, CLIP text encoder, UNet) on normal training images.
 
-Two phases, each stopped by its step limit or its share of the time budget: (1) the VAE on random crops;
-(2) the UNet and the text encoder on the frozen VAE's latents, with an EMA of the UNet. A checkpoint
-(``<out>/.pretrain/state.pt``: weights, optimisers, LR schedules, EMA, both RNG states, step counts,
+Two phases, each trained for its planned steps (or stopped by its share of the optional time cap): (1) the
+VAE on random crops; (2) the UNet and the text encoder on the frozen VAE's latents, with an EMA of the UNet.
+A checkpoint (``<out>/.pretrain/state.pt``: weights, optimisers, LR schedules, EMA, both RNG states, step counts,
 seconds spent) is written every ``checkpoint_every_s`` seconds (and ``checkpoint_every_steps`` steps) and
 at each phase end; the same call after a crash or kill resumes from it, and an uninterrupted run and an
-interrupted-and-resumed one give the same bytes (CPU). The time budget counts time already spent; step
-limits and the budget may be raised between runs, other settings must match. Every random choice comes
+interrupted-and-resumed one give the same bytes (CPU). The time cap counts time already spent; steps and
+the cap may be raised between runs, other settings must match (a VAE phase cut short by the cap cannot
+continue once the UNet phase has started: a rerun that allows it more time starts over). Every random choice comes
 from ``settings.seed``. The result is saved in the diffusers Stable Diffusion layout with
 ``model_card.json`` (see `card.py`).
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from anoaug import budget
 from anoaug.atomic import atomic_path
 from anoaug.generators.diffusion.pretrain import card as card_mod
 from anoaug.generators.diffusion.pretrain import text as text_mod
@@ -354,18 +356,36 @@ class BaseModelTrainer:
     def run(self, checkpoint: Path, progress: Progress | None) -> None:
         """Both phases from wherever the state is, checkpointing at each phase end."""
         s, st = self.s, self.state
+        cap = float("inf") if s.max_train_seconds is None else s.max_train_seconds
         if st["phase"] == "vae":
             if st["vae_psnr_init_db"] is None:
                 st["vae_psnr_init_db"] = self.vae_psnr()
-            self._run_phase("vae", s.vae_steps, s.time_budget_s * s.vae_share, self.vae_step, checkpoint, progress)
+            self._run_phase("vae", s.vae_steps, cap * s.vae_share, self.vae_step, checkpoint, progress)
             self.start_unet_phase()
             self.save(checkpoint)
         else:
             self.vae.eval()
             self.vae.requires_grad_(False)
-        budget = s.time_budget_s - st["elapsed_s"]["vae"]
+        budget = cap - st["elapsed_s"]["vae"]
         self._run_phase("unet", s.unet_steps, budget, self.unet_step, checkpoint, progress)
         self.save(checkpoint)
+
+    def training_record(self) -> dict[str, Any]:
+        """Planned vs done steps of both phases together (`anoaug.budget.record`), with each phase's."""
+        s, st = self.s, self.state
+        capped = any(v == "time" for v in st["stopped_by"].values())
+        return budget.record(
+            s.vae_steps + s.unet_steps, sum(st["steps"].values()), "time" if capped else "steps",
+            s.max_train_seconds,
+            phases={"vae": [st["steps"]["vae"], s.vae_steps], "unet": [st["steps"]["unet"], s.unet_steps]},
+        )  # fmt: skip
+
+    def vae_cut_short(self) -> bool:
+        """True when the VAE phase ended before its planned steps and the cap now gives it more time."""
+        s, st = self.s, self.state
+        if st["phase"] != "unet" or st["steps"]["vae"] >= s.vae_steps:
+            return False
+        return s.max_train_seconds is None or s.max_train_seconds * s.vae_share > st["elapsed_s"]["vae"]
 
     def export(self, out_dir: Path, work_dir: Path, extra_card: dict[str, Any]) -> Path:
         """Put the EMA UNet in place, measure, and save the diffusers folder, then the model card."""
@@ -429,6 +449,7 @@ class BaseModelTrainer:
             "steps": dict(steps),
             "seconds": {k: round(v, 2) for k, v in secs.items()} | {"total": round(sum(secs.values()), 2)},
             "stopped_by": dict(st["stopped_by"]),
+            "training": self.training_record(),
             "steps_per_s": {k: round(steps[k] / secs[k], 3) if secs[k] > 0 else None for k in steps},
             "batch_size": {"vae": s.vae_batch_size, "unet": s.unet_batch_size},
             "losses": {k: card_mod.thin(v) for k, v in st["losses"].items()},
@@ -494,6 +515,10 @@ def pretrain_base(
     if checkpoint.is_file():
         trainer.load(checkpoint)
         log.info("resumed %s at steps %s", checkpoint, trainer.resumed_from)
+        if trainer.vae_cut_short():  # its frozen VAE cannot train on: start over to reach the planned steps
+            log.info("the VAE phase was cut short by the time cap; starting over")
+            checkpoint.unlink()
+            trainer = BaseModelTrainer(settings, normals, words, work)
     trainer.run(checkpoint, progress)
     images = [{"category": im.category, "relpath": im.relpath, "sha256": im.sha256} for im in normals.train]
     return trainer.export(out, work, {"defect_types": defect_types, "trained_images": images})

@@ -12,8 +12,8 @@ torch and diffusers are imported only when a model is fitted, loaded or run, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from anoaug import budget
+from anoaug.budget import CAP_SETTING, OLD_CAP_SETTING, thread_count
 from anoaug.generators.base import (
     BoolOrAuto,
     FitData,
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
 
 TINY_FILE = "tiny.json"
+RUN_FILE = ".train_run.json"  # leading dot: not part of the artifact hash (see base.artifact_hash)
+RUN_ONLY_KEYS = ("elapsed_s", "resumed_from", "max_train_seconds", "losses")  # history of this fit
 
 
 @register
@@ -49,7 +53,7 @@ class TinyDiffusionGenerator(Generator):
 
     name = "diffusion-tiny"
     learned = True
-    renamed_settings = DIFFUSERS_NAMES
+    renamed_settings = {**DIFFUSERS_NAMES, OLD_CAP_SETTING: CAP_SETTING}
 
     class Settings(DiffusionSettings):
         """diffusion-tiny settings (the shared diffusion ones are documented in `DiffusionSettings`)."""
@@ -65,9 +69,12 @@ class TinyDiffusionGenerator(Generator):
         )
         trimap: bool = Field(True, description="condition on the trimap (object vs background around the mask)")
         # training
-        train_steps: int = Field(2500, ge=0, description="training steps")
-        time_budget_s: float | None = Field(
-            420, ge=0, description="stop when this much training time (cumulative over resumes) is spent; null: never"
+        train_steps: int = Field(2500, ge=0, description="training steps (the budget: same seed + steps, same weights)")
+        max_train_seconds: float | None = Field(
+            None,
+            ge=0,
+            description="optional cap: stop early when this much training time (cumulative over resumes) is spent; "
+            "the artifact, stage and report then say 'trained N / train_steps steps'; null: no cap",
         )
         batch: int = Field(16, ge=1, description="training batch size")
         lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
@@ -80,7 +87,9 @@ class TinyDiffusionGenerator(Generator):
         )
         checkpoint_every_s: float = Field(60, gt=0, description="seconds between resumable training checkpoints")
         threads: int | Literal["auto"] = Field(
-            "auto", description="torch CPU threads for fit; auto: 1 on a busy machine (OpenMP spin waste)"
+            "auto",
+            description="torch CPU threads for fit; auto: the cores this process may use (its CPU affinity), "
+            "recorded in the artifact; weights are byte-identical for the same seed, steps and thread count",
         )
         # sampling (scheduler, num_inference_steps, guidance_scale, generation_batch_size, device: DiffusionSettings)
         num_inference_steps: int = Field(25, ge=1, description="denoising steps per sample")
@@ -160,7 +169,7 @@ class TinyDiffusionGenerator(Generator):
         unet = build_tiny_unet(self._unet_config())
         cfg = TrainConfig(
             train_steps=s.train_steps,
-            time_budget_s=None if s.time_budget_s is None else float(s.time_budget_s),
+            max_train_seconds=None if s.max_train_seconds is None else float(s.max_train_seconds),
             batch=s.batch,
             lr=s.lr,
             ctx_weight=s.ctx_weight,
@@ -170,8 +179,9 @@ class TinyDiffusionGenerator(Generator):
             seed=seed,
         )
         self.noise_scheduler = make_noise_scheduler()
+        threads = thread_count(s.threads)
         try:
-            with cpu_threads(s.threads):
+            with cpu_threads(threads):
                 unet, result = train_tiny(
                     unet, sampler, self.noise_scheduler, cfg, out_dir / CHECKPOINT_FILE, device=self.device
                 )
@@ -181,21 +191,30 @@ class TinyDiffusionGenerator(Generator):
         self.train_summary = {
             "steps": result.steps,
             "elapsed_s": round(result.elapsed_s, 1),
+            "planned_steps": cfg.train_steps,
             "stopped_by": result.stopped_by,
+            "max_train_seconds": cfg.max_train_seconds,
             "resumed_from": result.resumed_from,
+            "threads": threads,  # torch CPU threads of the fit (`threads` as resolved here)
             "losses": [round(x, 5) for x in result.losses],
             "bf16": cfg.bf16,  # as resolved on this machine (settings may say auto)
             "device": self.device.type,
         }
+        self.training = budget.record(cfg.train_steps, result.steps, result.stopped_by, cfg.max_train_seconds,
+                                      threads=threads)  # fmt: skip
         unet.save_pretrained(out_dir / "unet", safe_serialization=True)
         self.noise_scheduler.save_pretrained(out_dir / "scheduler")
+        # Wall time and resume history go to a dot-file, outside the artifact hash: the same weights must give
+        # the same artifact hash (and so the same shards), however long training took or how often it resumed.
+        run_only = {k: self.train_summary[k] for k in RUN_ONLY_KEYS}
         meta = {
             "types": self.types,
             "unet": self._unet_config().to_dict(),
-            "train": self.train_summary,
+            "train": {k: v for k, v in self.train_summary.items() if k not in RUN_ONLY_KEYS},
             "trimap": self.trimap,
         }
         (out_dir / TINY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (out_dir / RUN_FILE).write_text(json.dumps(run_only, indent=2, sort_keys=True))
 
     def _unet_config(self) -> TinyUNetConfig:
         from anoaug.generators.diffusion.tiny.unet import TinyUNetConfig
@@ -218,6 +237,8 @@ class TinyDiffusionGenerator(Generator):
         info = json.loads(tiny.read_text())
         self.types = list(info["types"])
         self.train_summary = info.get("train", {})
+        with contextlib.suppress(OSError, ValueError):  # wall time and resumes of the fit (not hashed)
+            self.train_summary.update(json.loads((artifact_dir / RUN_FILE).read_text()))
         self.trimap = bool(info.get("trimap", False))  # artifacts from before trimap conditioning: none
         self.unet = load_tiny_unet(
             artifact_dir / "unet", n_types=len(self.types), crop=self.settings.crop, patch=self.settings.patch
@@ -342,46 +363,16 @@ def _everything(image: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def cpu_threads(setting: int | str) -> Iterator[None]:
-    """Temporarily set torch's intra-op CPU threads: an int, or ``auto`` = 1 thread when other processes
-    keep the machine busy (>= 75% of the cores), where OpenMP threads mostly spin-wait for each other
-    (measured ~4x more CPU per training step with 2 threads than with 1 on a loaded 2-core box)."""
+    """Temporarily set torch's intra-op CPU threads: an int, or ``auto`` = the cores this process may use
+    (`anoaug.budget.thread_count`: chosen from the CPU affinity, never from the machine's momentary load)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(_thread_count(setting, before))
+    torch.set_num_threads(thread_count(setting))
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _thread_count(setting: int | str, current: int) -> int:
-    if setting != "auto":
-        return max(1, int(setting))
-    return 1 if _busy_cores() >= 0.75 * (os.cpu_count() or 1) else current
-
-
-def _busy_cores(window_s: float = 0.5) -> float:
-    """Cores kept busy by *other* processes right now: CPU time of the whole machine over a short window
-    (Linux /proc/stat) minus this process's own. Elsewhere the 1-minute load average, which also counts
-    this process's own recent work (a stage that just finished would make the machine look busy)."""
-    import time
-
-    def machine_busy_s() -> float | None:
-        try:
-            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        except OSError:
-            return None
-        ticks = [int(x) for x in fields]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    a, own_a, t_a = machine_busy_s(), time.process_time(), time.perf_counter()
-    if a is None:
-        return os.getloadavg()[0]
-    time.sleep(window_s)
-    b, own_b, t_b = machine_busy_s() or a, time.process_time(), time.perf_counter()
-    return max(0.0, (b - a) - (own_b - own_a)) / (t_b - t_a)
 
 
 def load_tiny_unet(path: Path, n_types: int, crop: int, patch: int = 1) -> UNet2DModel:

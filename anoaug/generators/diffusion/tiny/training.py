@@ -187,7 +187,7 @@ class CropSampler:
 @dataclass
 class TrainConfig:
     train_steps: int = 2500
-    time_budget_s: float | None = 420.0
+    max_train_seconds: float | None = None  # optional wall-clock cap (cumulative over resumes)
     batch: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -200,7 +200,7 @@ class TrainConfig:
     def signature(self) -> dict[str, Any]:
         """Settings that must match to resume (budgets may change between runs)."""
         d = asdict(self)
-        for k in ("train_steps", "time_budget_s", "checkpoint_every_s"):
+        for k in ("train_steps", "max_train_seconds", "checkpoint_every_s"):
             d.pop(k)
         return d
 
@@ -218,7 +218,7 @@ class TrainProgress:
 class TrainResult:
     steps: int
     elapsed_s: float
-    stopped_by: str  # "steps" or "time"
+    stopped_by: str  # "steps" or "time" (the cap stopped it before the planned steps)
     losses: list[float] = field(default_factory=list)  # mean loss per logging interval
     resumed_from: int = 0
 
@@ -261,7 +261,8 @@ def train_tiny(
     least every ``progress_every_s`` seconds.
 
     If ``checkpoint`` exists, training resumes from it (same model shape and ``cfg.signature()``
-    required) and the time budget counts the time already spent.
+    required) and the time cap counts the time already spent. The same seed and steps give the same weights
+    whatever the machine's load (at a fixed torch thread count), with or without resumes.
 
     Training runs on ``device``; random draws (noise, timesteps, crops) come from CPU generators, so a run
     draws the same numbers on every device. The returned model is on ``device``.
@@ -321,7 +322,7 @@ def train_tiny(
     last_ckpt, last_report, run_steps, acc, acc_n = t0, t0, 0, 0.0, 0
     stopped_by = "steps"
     while step < cfg.train_steps:
-        if cfg.time_budget_s is not None and spent + (time.perf_counter() - t0) >= cfg.time_budget_s:
+        if cfg.max_train_seconds is not None and spent + (time.perf_counter() - t0) >= cfg.max_train_seconds:
             stopped_by = "time"
             break
         b = sampler.batch(cfg.batch)
