@@ -24,7 +24,7 @@ from anoaug.generators.diffusion.dualanodiff.frame import Frame
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import textual_inversion as ti
 from anoaug.generators.diffusion.sd.loading import SDComponents, place
-from anoaug.generators.diffusion.sd.training import resolve_dtype
+from anoaug.generators.diffusion.sd.training import optimise, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -300,24 +300,11 @@ class DualTrainer:
     # -- loop -----------------------------------------------------------------------------------------
 
     def step(self) -> float:
-        import torch
-
+        """One optimisation step (`sd.training.optimise`); returns the loss."""
         assert self.optimizer is not None
         self.comps.unet.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.sample_batch(self.rng), self.torch_gen)
-        if not torch.isfinite(loss):
-            raise GeneratorError(f"training loss is {loss.item()} at step {len(self.losses)} (lower lr?)")
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.bank is not None:
-            ti.restore_frozen_rows(self.comps.text_encoder, self.bank)
-        self.losses.append(float(loss.item()))
+        self.losses.append(optimise(loss, self.optimizer, self.scaler, len(self.losses), self.bank, self.comps))
         return self.losses[-1]
 
     def train(self, callback: Callable[[int, float], None] | None = None) -> list[float]:

@@ -70,6 +70,35 @@ def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def optimise(
+    loss: torch.Tensor,
+    optimizer: Any,
+    scaler: Any = None,
+    step: int = 0,
+    bank: ti.TokenBank | None = None,
+    comps: SDComponents | None = None,
+    what: str = "training",
+) -> float:
+    """One optimiser step on `loss`: zero the gradients, check the loss is finite (else GeneratorError naming
+    `what` and `step`), backpropagate (through the fp16 gradient `scaler` if any), step, and restore the frozen
+    embedding rows of `bank` in `comps`' text encoder (textual inversion). Returns the loss value."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        raise GeneratorError(f"{what} loss is {loss.item()} at step {step} (lower lr?)")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if bank is not None and comps is not None:
+        ti.restore_frozen_rows(comps.text_encoder, bank)
+    return float(loss.item())
+
+
 class SDTrainer:
     """Holds the learned parts of one category and trains them on its generator-training defects."""
 
@@ -228,24 +257,10 @@ class SDTrainer:
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
-        import torch
-
         assert self.optimizer is not None
         self.comps.unet.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.sample_batch(), self.torch_gen)
-        if not torch.isfinite(loss):
-            raise GeneratorError(f"training loss is {loss.item()} at step {len(self.losses)} (lower lr?)")
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.bank is not None:
-            ti.restore_frozen_rows(self.comps.text_encoder, self.bank)
-        self.losses.append(float(loss.item()))
+        self.losses.append(optimise(loss, self.optimizer, self.scaler, len(self.losses), self.bank, self.comps))
         return self.losses[-1]
 
     def train(
