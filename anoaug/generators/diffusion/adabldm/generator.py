@@ -117,12 +117,11 @@ class AdaBLDMGenerator(Generator):
         return comps
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
-        import torch
-
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
         from anoaug.generators.diffusion.adabldm import training as tr
         from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
+        from anoaug.generators.diffusion.sd.training import seeded_init
 
         s = self.settings
         self._device = resolve_device(s.device)
@@ -136,8 +135,7 @@ class AdaBLDMGenerator(Generator):
         if s.controlnet:
             composites = tr.composite_examples(data, s.composites_per_type, seed)
             widths = control.embedding_widths(comps.vae_scale_factor)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the embedding's random init
+            with seeded_init(seed):  # the embedding's random init
                 controlnet = control.build_controlnet(comps.unet, comps.vae_scale_factor, widths)
             bs = tr.BranchSettings(
                 resolution=s.resolution,

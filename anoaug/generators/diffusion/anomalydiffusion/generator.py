@@ -97,15 +97,10 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
-
-        from anoaug.device import resolve_device
         from anoaug.generators.diffusion.anomalydiffusion.training import ADTrainer, ADTrainSettings
-        from anoaug.generators.diffusion.sd.training import TrainSettings
+        from anoaug.generators.diffusion.sd.training import TrainSettings, make_trainer
 
         c = self.settings
-        self._device = resolve_device(c.device)
-        comps = self._load_base()
         base = TrainSettings(
             resolution=c.resolution,
             steps=c.train_steps,
@@ -128,9 +123,13 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             loss_normalisation=c.loss_normalisation,
             encoder_lr=c.lr,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
-            return ADTrainer(comps, data.defects, data.category, settings, self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            c.device,
+            self._load_base,
+            seed,
+            lambda comps, dev: ADTrainer(comps, data.defects, data.category, settings, dev, seed=seed),
+        )
+        return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb

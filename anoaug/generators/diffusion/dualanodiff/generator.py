@@ -135,17 +135,17 @@ class DualAnoDiffGenerator(Generator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
-
-        from anoaug.device import resolve_device
         from anoaug.generators.diffusion.dualanodiff.training import DualTrainer
         from anoaug.generators.diffusion.sd.loading import load_components
+        from anoaug.generators.diffusion.sd.training import make_trainer
 
-        self._device = resolve_device(self.settings.device)
-        comps = load_components(self.settings.model)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA and new-layer initialisation
-            return DualTrainer(comps, data, self._train_settings(), self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            self.settings.device,
+            lambda: load_components(self.settings.model),
+            seed,
+            lambda comps, dev: DualTrainer(comps, data, self._train_settings(), dev, seed=seed),
+        )
+        return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         from safetensors.torch import save_file

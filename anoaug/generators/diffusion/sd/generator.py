@@ -112,16 +112,14 @@ class StableDiffusionGenerator(Generator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
+        from anoaug.generators.diffusion.sd.training import SDTrainer, make_trainer
 
-        from anoaug.device import resolve_device
-        from anoaug.generators.diffusion.sd.training import SDTrainer
-
-        self._device = resolve_device(self.settings.device)
-        comps = self._load_base()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
-            trainer = SDTrainer(comps, data.defects, data.category, self._settings(), self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            self.settings.device,
+            self._load_base,
+            seed,
+            lambda comps, dev: SDTrainer(comps, data.defects, data.category, self._settings(), dev, seed=seed),
+        )
         return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:

@@ -13,9 +13,10 @@ can overflow). Gradient checkpointing is on by default on CUDA. On CPU everythin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from anoaug.generators.diffusion.sd.loading import SDComponents, place
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -68,6 +71,30 @@ def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     if mp == "fp16" or (mp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Inside the block torch's global RNG is seeded with `seed`, so that new layers (LoRA, encoders, a
+    ControlNet branch) initialise from the run's one seed; the caller's RNG state is restored after it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_trainer(
+    device: str, load: Callable[[], SDComponents], seed: int, build: Callable[[SDComponents, torch.device], T]
+) -> tuple[torch.device, T]:
+    """An SD-family generator's fit set-up: resolve `device`, load the base model (`load`), and build the
+    trainer with `build(comps, device)` inside `seeded_init(seed)`. Returns (device, trainer)."""
+    from anoaug.device import resolve_device
+
+    dev = resolve_device(device)
+    comps = load()
+    with seeded_init(seed):
+        return dev, build(comps, dev)
 
 
 def optimise(
