@@ -277,6 +277,7 @@ class AdaBLDMGenerator(Generator):
         from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         res = cfg.resolution
@@ -362,19 +363,18 @@ class AdaBLDMGenerator(Generator):
                 {
                     "request": r,
                     "pasted": paste_crop(r.normal, crop, box),
-                    "generator": self.name,
-                    "base_model": cfg.model,
-                    "prompt": prompt,
-                    "seed": int(r.seed),
-                    "crop": [box.y0, box.x0, box.side],
-                    "scheduler": cfg.scheduler,
-                    "num_inference_steps": cfg.num_inference_steps,
-                    "guidance_scale": guidance,
-                    "controlnet": self._controlnet is not None,
-                    "multistage": cfg.multistage,
-                    "stages": dict(zip(("T1", "T2", "T3"), lengths, strict=True)),
-                    "trimap": tri,
-                    "decoder_adaptation": adaptation,
+                    **sample_info(
+                        self.name,
+                        cfg,
+                        prompt,
+                        r.seed,
+                        box,
+                        controlnet=self._controlnet is not None,
+                        multistage=cfg.multistage,
+                        stages=dict(zip(("T1", "T2", "T3"), lengths, strict=True)),
+                        trimap=tri,
+                        decoder_adaptation=adaptation,
+                    ),
                 }
             )
         return out

@@ -208,6 +208,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         mode = cfg.attention_reweighting
@@ -297,20 +298,17 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             mask = r.mask.astype(bool)
             image = composite(r.normal, paste_crop(r.normal, crop, box), mask, cfg.feather)
             final = changed_mask(r.normal, image, mask, cfg.change_threshold, 0, blur=cfg.change_blur)
-            info = {
-                "generator": self.name,
-                "base_model": cfg.model,
-                "prompt": prompt,
-                "anomaly_tokens": self._vocab.tokens[r.defect_type],
-                "spatial_tokens": self._vocab.n,
-                "attention_reweighting": mode,
-                "seed": int(r.seed),
-                "crop": [box.y0, box.x0, box.side],
-                "scheduler": cfg.scheduler,
-                "num_inference_steps": cfg.num_inference_steps,
-                "guidance_scale": guidance,
-                "input_mask_area": int(mask.sum()),
-                "final_mask_area": int(final.sum()),
-            }
+            info = sample_info(
+                self.name,
+                cfg,
+                prompt,
+                r.seed,
+                box,
+                anomaly_tokens=self._vocab.tokens[r.defect_type],
+                spatial_tokens=self._vocab.n,
+                attention_reweighting=mode,
+                input_mask_area=int(mask.sum()),
+                final_mask_area=int(final.sum()),
+            )
             results.append(GenerationResult(image=image, mask=final, info=info))
         return results

@@ -435,6 +435,7 @@ class DualAnoDiffGenerator(Generator):
         """The result of one accepted (or last) draw: composite (blended), final mask, lineage."""
         from anoaug.generators.compositing import changed_mask, composite, dilate_mask
         from anoaug.generators.diffusion.dualanodiff import part_mask as pm
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         cfg = self.settings
         final = d["mask"] & region
@@ -456,29 +457,25 @@ class DualAnoDiffGenerator(Generator):
             changed = changed_mask(
                 r.normal, image, np.ones(final.shape, bool), cfg.change_threshold, 0, blur=cfg.change_blur
             )
-        f = d["frame"]
-        info = {
-            "generator": self.name,
-            "base_model": cfg.model,
-            "mode": cfg.mode,
-            "prompt": d["prompts"][0],
-            "part_prompt": d["prompts"][1],
-            "seed": int(r.seed),
-            "sample_seed": int(d["seed"]),
-            "attempts": attempt + 1,
-            "fallback": bool(fallback),
-            "part_mask_area": int(d["mask"].sum()),
-            "final_mask_area": int(final.sum()),
-            "on_foreground": round(pm.on_foreground_share(d["mask"], region), 4),
-            "mask_agreement_iou": round(pm.iou(d["mask"], changed), 4),
-            "shared_attention": self._model.shared,
-            "background_compensation": bool(self._model.background),
-            "crop": None if f.box is None else [f.box.y0, f.box.x0, f.box.side],
-            "scheduler": cfg.scheduler,
-            "num_inference_steps": cfg.num_inference_steps,
-            "guidance_scale": cfg.guidance_scale,
-            "mask_source": cfg.mask_source,
-        }
+        info = sample_info(
+            self.name,
+            cfg,
+            d["prompts"][0],
+            r.seed,
+            d["frame"].box,
+            mode=cfg.mode,
+            part_prompt=d["prompts"][1],
+            sample_seed=int(d["seed"]),
+            attempts=attempt + 1,
+            fallback=bool(fallback),
+            part_mask_area=int(d["mask"].sum()),
+            final_mask_area=int(final.sum()),
+            on_foreground=round(pm.on_foreground_share(d["mask"], region), 4),
+            mask_agreement_iou=round(pm.iou(d["mask"], changed), 4),
+            shared_attention=self._model.shared,
+            background_compensation=bool(self._model.background),
+            mask_source=cfg.mask_source,
+        )
         return GenerationResult(image=image, mask=final, info=info, extras={"part": d["part"]})
 
 

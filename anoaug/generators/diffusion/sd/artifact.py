@@ -1,5 +1,6 @@
 """What every SD-family artifact manifest holds: the base model's identity (machine-independent), the
-category, and a summary of the training losses; each method adds its learned parts."""
+category, and a summary of the training losses; each method adds its learned parts. Also the lineage
+every SD-family sample records (`sample_info`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from anoaug.generators.diffusion.crops import Box
     from anoaug.generators.diffusion.sd.loading import SDComponents
+    from anoaug.generators.diffusion.sd.settings import SDFamilySettings
 
 
 def manifest_header(comps: SDComponents, category: str) -> dict[str, Any]:
@@ -26,4 +29,22 @@ def loss_record(losses: Sequence[float]) -> dict[str, Any]:
         "steps": len(losses),
         "first_loss": round(losses[0], 5) if losses else None,
         "last_loss": round(losses[-1], 5) if losses else None,
+    }
+
+
+def sample_info(
+    generator: str, settings: SDFamilySettings, prompt: str, seed: int, box: Box | None, **extra: Any
+) -> dict[str, Any]:
+    """A sample's lineage: generator, base model, prompt, seed, crop ([y0, x0, side]; None for a whole
+    image) and the sampling settings; `extra` adds the method's own entries."""
+    return {
+        "generator": generator,
+        "base_model": settings.model,
+        "prompt": prompt,
+        "seed": int(seed),
+        "crop": None if box is None else [box.y0, box.x0, box.side],
+        "scheduler": settings.scheduler,
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale,
+        **extra,
     }

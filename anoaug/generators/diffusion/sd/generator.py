@@ -232,6 +232,7 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         res = cfg.resolution
@@ -293,17 +294,8 @@ class StableDiffusionGenerator(Generator):
             full = paste_crop(r.normal, crop, box)
             image = composite(r.normal, full, mask, cfg.feather)
             final = changed_mask(r.normal, image, mask, cfg.change_threshold, 0, blur=cfg.change_blur)
-            info = {
-                "generator": self.name,
-                "base_model": cfg.model,
-                "prompt": prompt,
-                "seed": int(r.seed),
-                "crop": [box.y0, box.x0, box.side],
-                "scheduler": cfg.scheduler,
-                "num_inference_steps": cfg.num_inference_steps,
-                "guidance_scale": guidance,
-                "input_mask_area": int(mask.sum()),
-                "final_mask_area": int(final.sum()),
-            }
+            info = sample_info(
+                self.name, cfg, prompt, r.seed, box, input_mask_area=int(mask.sum()), final_mask_area=int(final.sum())
+            )
             results.append(GenerationResult(image=image, mask=final, info=info))
         return results
