@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anoaug.generators.base import GeneratorError
-from anoaug.generators.diffusion.sd.lora import add_lora, read_lora_file, save_lora
+from anoaug.generators.diffusion.sd.artifact import read_weights
+from anoaug.generators.diffusion.sd.lora import add_lora, save_lora
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +104,7 @@ def load_branches(unet: Any, path: Path) -> None:
     """Add the two adapters to `unet` and load the weights written by `save_branches`."""
     from peft import set_peft_model_state_dict
 
-    meta, sd = read_lora_file(path, FORMAT, "the branch LoRA weights", "anoaug dual-branch LoRA")
+    meta, sd = read_weights(path, FORMAT, "the branch LoRA weights", "anoaug dual-branch LoRA", ("rank",))
     add_branch_adapters(unet, int(meta["rank"]), float(meta.get("alpha", meta["rank"])))
     for name in BRANCHES:
         part = {k[len(name) + 1 :]: v for k, v in sd.items() if k.startswith(f"{name}.")}

@@ -1,11 +1,15 @@
 """What every SD-family artifact manifest holds: the base model's identity (machine-independent), the
 category, and a summary of the training losses; each method adds its learned parts. Also the lineage
-every SD-family sample records (`sample_info`)."""
+every SD-family sample records (`sample_info`), and the one reader of the learned parts' safetensors files
+(`read_weights`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from anoaug.generators.base import GeneratorError
 
 if TYPE_CHECKING:
     from anoaug.generators.diffusion.crops import Box
@@ -48,3 +52,22 @@ def sample_info(
         "guidance_scale": settings.guidance_scale,
         **extra,
     }
+
+
+def read_weights(
+    path: Path, fmt: str, what: str, kind: str, keys: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata, tensors) of a safetensors file of ours: GeneratorError "cannot read <what>" if it is
+    unreadable, "not an <kind> file" unless its metadata has format `fmt` and every key in `keys`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001  (safetensors raises several kinds)
+        raise GeneratorError(f"cannot read {what}: {exc}", path) from None
+    if meta.get("format") != fmt or any(k not in meta for k in keys):
+        raise GeneratorError(f"not an {kind} file (missing metadata)", path)
+    return meta, tensors

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from anoaug.generators.base import GeneratorError
+from anoaug.generators.diffusion.sd.artifact import read_weights
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "anoaug"
+FORMAT = "anoaug-lora"  # the file's format (metadata)
 
 
 def add_lora(unet: Any, rank: int, alpha: float | None = None, names: Sequence[str] = (ADAPTER,)) -> list[Any]:
@@ -63,7 +65,7 @@ def save_lora(
     rank: int,
     alpha: float | None = None,
     names: Sequence[str] | None = None,
-    fmt: str = "anoaug-lora",
+    fmt: str = FORMAT,
 ) -> Path:
     """Write the adapter weights (`lora_state_dict` of `names`) to `path` (safetensors) with the format
     `fmt` and rank / alpha in the header metadata, plus the targets (one adapter) or the adapter names."""
@@ -78,31 +80,12 @@ def save_lora(
     return path
 
 
-def read_lora_file(
-    path: Path, fmt: str = "anoaug-lora", what: str = "LoRA weights", kind: str = "anoaug LoRA"
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """(metadata, tensors) of a file written by `save_lora` with format `fmt`; GeneratorError naming `what`
-    if it is unreadable, or `kind` if its metadata is not ours."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        sd = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001  (safetensors raises several kinds)
-        raise GeneratorError(f"cannot read {what}: {exc}", path) from None
-    if meta.get("format") != fmt or "rank" not in meta:
-        raise GeneratorError(f"not an {kind} file (missing metadata)", path)
-    return meta, sd
-
-
 def load_lora(unet: Any, path: Path) -> dict[str, str]:
     """Add an adapter to `unet` and load the weights saved by `save_lora`; return the file's metadata.
 
     Raises GeneratorError if the file is unreadable or its tensors do not fit this UNet.
     """
-    meta, sd = read_lora_file(path)
+    meta, sd = read_weights(path, FORMAT, "LoRA weights", "anoaug LoRA", ("rank",))
     rank = int(meta["rank"])
     alpha = float(meta.get("alpha", rank))
     add_lora(unet, rank, alpha)
