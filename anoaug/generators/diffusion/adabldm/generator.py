@@ -174,15 +174,10 @@ class AdaBLDMGenerator(Generator):
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
         self._device = resolve_device(self.settings.device)
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         controlnet = None
         if manifest.get("controlnet"):
             if not (artifact_dir / BRANCH).is_file():
@@ -195,18 +190,14 @@ class AdaBLDMGenerator(Generator):
         """Models on the device in inference precision (VAE and branch fp32), frozen, eval mode."""
         import torch
 
-        from anoaug.generators.diffusion.sd.loading import place
+        from anoaug.generators.diffusion.sd.loading import place, place_for_inference
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
         self._dtype = resolve_dtype(self.settings.mixed_precision, self._device)
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, self._dtype)
-        place(comps.text_encoder, self._device, self._dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder, controlnet):
-            if m is not None:
-                m.requires_grad_(False)
-                m.eval()
+        place_for_inference(comps, self._device, self._dtype)
         if controlnet is not None:
+            controlnet.requires_grad_(False)
+            controlnet.eval()
             place(controlnet, self._device, torch.float32)
         self._comps, self._controlnet, self._category, self._kind = comps, controlnet, category, kind
 

@@ -170,15 +170,12 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
         from anoaug.generators.diffusion.anomalydiffusion import spatial_encoder as spatial
         from anoaug.generators.diffusion.sd import lora as lora_mod
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file() or not (artifact_dir / TOKENS).is_file():
+        if not (artifact_dir / MANIFEST).is_file() or not (artifact_dir / TOKENS).is_file():
             raise GeneratorError(f"{self.name} artifact lacks {MANIFEST} or {TOKENS}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         self._vocab = emb.load(comps.tokenizer, comps.text_encoder, artifact_dir / TOKENS, self.settings.init_word)
         encoder = None
         if (artifact_dir / SPATIAL).is_file():

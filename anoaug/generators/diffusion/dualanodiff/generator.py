@@ -195,15 +195,11 @@ class DualAnoDiffGenerator(Generator):
         from anoaug.generators.diffusion.dualanodiff import shared_attention as sa
         from anoaug.generators.diffusion.dualanodiff.training import DualUNet
         from anoaug.generators.diffusion.sd import textual_inversion as ti
-        from anoaug.generators.diffusion.sd.loading import check_identity, load_components
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
+        from anoaug.generators.diffusion.sd.loading import load_components
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = load_components(self.settings.model)
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, lambda: load_components(self.settings.model))
         if (artifact_dir / EMBEDDINGS).is_file():
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / BRANCHES).is_file():
@@ -223,16 +219,9 @@ class DualAnoDiffGenerator(Generator):
 
     def _ready(self, comps: Any, model: Any, prompts: Any, category: str, kind: str, dtype: Any) -> None:
         """Models on the device in inference precision (VAE fp32), frozen, eval mode."""
-        import torch
+        from anoaug.generators.diffusion.sd.loading import place_for_inference
 
-        from anoaug.generators.diffusion.sd.loading import place
-
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, dtype)
-        place(comps.text_encoder, self._device, dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder):
-            m.requires_grad_(False)
-            m.eval()
+        place_for_inference(comps, self._device, dtype)
         self._comps, self._model, self._category, self._kind, self._dtype = comps, model, category, kind, dtype
         self._prompts = {t: (p[0], p[1]) for t, p in dict(prompts).items()}
         self._learned_tokens = {tok for p in self._prompts.values() for tok in p[1].split() if tok.startswith("<")}

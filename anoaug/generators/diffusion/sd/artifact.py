@@ -5,7 +5,8 @@ every SD-family sample records (`sample_info`), and the one reader of the learne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,3 +72,19 @@ def read_weights(
     if meta.get("format") != fmt or any(k not in meta for k in keys):
         raise GeneratorError(f"not an {kind} file (missing metadata)", path)
     return meta, tensors
+
+
+def open_artifact(
+    artifact_dir: Path, manifest: str, generator: str, load: Callable[[], SDComponents]
+) -> tuple[dict[str, Any], SDComponents]:
+    """The artifact's `manifest` (GeneratorError if it lacks one) and the base model `load` gives, checked
+    to be the one the artifact was trained on."""
+    from anoaug.generators.diffusion.sd.loading import check_identity
+
+    path = artifact_dir / manifest
+    if not path.is_file():
+        raise GeneratorError(f"{generator} artifact lacks {manifest}", artifact_dir)
+    data = json.loads(path.read_text())
+    comps = load()
+    check_identity(data["base_model"], comps.identity)
+    return data, comps

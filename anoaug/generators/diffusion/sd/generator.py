@@ -159,15 +159,10 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.sd import lora as lora_mod
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
         from anoaug.generators.diffusion.sd import textual_inversion as ti
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         if (artifact_dir / EMBEDDINGS).is_file():
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / LORA).is_file():
@@ -183,14 +178,9 @@ class StableDiffusionGenerator(Generator):
         """Put the models on the device in inference precision (VAE fp32, learned parts fp32)."""
         import torch
 
-        from anoaug.generators.diffusion.sd.loading import place
+        from anoaug.generators.diffusion.sd.loading import place_for_inference
 
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, dtype)
-        place(comps.text_encoder, self._device, dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder):
-            m.requires_grad_(False)
-            m.eval()
+        place_for_inference(comps, self._device, dtype)
         if encoder is not None:
             encoder.to(self._device, dtype=torch.float32).eval()
         self._comps, self._encoder, self._prompts, self._category, self._dtype = (

@@ -66,6 +66,18 @@ def place(module: Any, device: Any, dtype: Any) -> Any:
     return module
 
 
+def place_for_inference(comps: SDComponents, device: Any, dtype: Any) -> None:
+    """The base model on `device` for sampling: VAE fp32, UNet and text encoder in `dtype`; frozen, eval mode."""
+    import torch
+
+    place(comps.vae, device, torch.float32)
+    place(comps.unet, device, dtype)
+    place(comps.text_encoder, device, dtype)
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
