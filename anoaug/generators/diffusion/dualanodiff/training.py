@@ -24,7 +24,7 @@ from anoaug.generators.diffusion.dualanodiff.frame import Frame
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import textual_inversion as ti
 from anoaug.generators.diffusion.sd.loading import SDComponents, place
-from anoaug.generators.diffusion.sd.training import optimise, resolve_dtype
+from anoaug.generators.diffusion.sd.training import end_training, optimise, resolve_dtype, run_steps
 
 if TYPE_CHECKING:
     import torch
@@ -308,19 +308,9 @@ class DualTrainer:
         return self.losses[-1]
 
     def train(self, callback: Callable[[int, float], None] | None = None) -> list[float]:
-        if not self.trainable:
-            return []
-        for i in range(self.s.steps):
-            loss = self.step()
-            if callback is not None:
-                callback(i, loss)
-        return self.losses
+        """Run settings.steps optimisation steps (`sd.training.run_steps`); returns the per-step losses."""
+        return run_steps(self, self.s.steps, callback)
 
     def finish(self) -> None:
-        """Freeze everything and switch to inference mode."""
-        if self.bank is not None:
-            ti.finish_training(self.comps.text_encoder, self.bank)
-        self.comps.unet.requires_grad_(False)
-        self.comps.unet.eval()
-        if self.comps.unet.is_gradient_checkpointing:
-            self.comps.unet.disable_gradient_checkpointing()
+        """Freeze everything and switch to inference mode (`sd.training.end_training`)."""
+        end_training(self.comps, self.bank)

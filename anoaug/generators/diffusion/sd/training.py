@@ -126,6 +126,33 @@ def optimise(
     return float(loss.item())
 
 
+def run_steps(trainer: Any, steps: int, callback: Callable[[int, float], None] | None = None) -> list[float]:
+    """`steps` calls of `trainer.step()` (then `callback(step index, loss)`); the trainer's losses, [] when it
+    has nothing to train."""
+    if not trainer.trainable or steps <= 0:
+        return []
+    for i in range(steps):
+        loss = trainer.step()
+        if callback is not None:
+            callback(i, loss)
+    return trainer.losses
+
+
+def end_training(comps: SDComponents, bank: ti.TokenBank | None, *modules: Any) -> None:
+    """Freeze the UNet and the trained `modules` (None ones skipped) in inference mode: textual-inversion
+    hooks removed and frozen rows restored (`bank`), gradient checkpointing off."""
+    if bank is not None:
+        ti.finish_training(comps.text_encoder, bank)
+    comps.unet.requires_grad_(False)
+    comps.unet.eval()
+    if comps.unet.is_gradient_checkpointing:
+        comps.unet.disable_gradient_checkpointing()
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+
+
 class SDTrainer:
     """Holds the learned parts of one category and trains them on its generator-training defects."""
 
@@ -294,23 +321,8 @@ class SDTrainer:
         self, steps: int | None = None, callback: Callable[[int, float], None] | None = None
     ) -> list[float]:
         """Run `steps` (default settings.steps) optimisation steps; returns the per-step losses."""
-        n = self.s.steps if steps is None else steps
-        if not self.trainable or n <= 0:
-            return []
-        for i in range(n):
-            loss = self.step()
-            if callback is not None:
-                callback(i, loss)
-        return self.losses
+        return run_steps(self, self.s.steps if steps is None else steps, callback)
 
     def finish(self) -> None:
-        """Freeze everything and switch to inference mode (hooks removed, frozen rows restored)."""
-        if self.bank is not None:
-            ti.finish_training(self.comps.text_encoder, self.bank)
-        self.comps.unet.requires_grad_(False)
-        self.comps.unet.eval()
-        if self.comps.unet.is_gradient_checkpointing:
-            self.comps.unet.disable_gradient_checkpointing()
-        if self.encoder is not None:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
+        """Freeze everything and switch to inference mode (`end_training`)."""
+        end_training(self.comps, self.bank, self.encoder)
