@@ -105,15 +105,10 @@ class AdaBLDMGenerator(Generator):
     # -- fit / load -----------------------------------------------------------------------------------
 
     def _load_base(self) -> Any:
-        from anoaug.generators.diffusion.sd.loading import load_components
+        from anoaug.generators.diffusion.sd.loading import check_resolution, load_components
 
         comps = load_components(self.settings.model, self.settings.inpainting)
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if self.settings.resolution % multiple:
-            raise GeneratorError(
-                f"resolution {self.settings.resolution} must be a multiple of {multiple} "
-                "(VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, self.settings.resolution)
         return comps
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:

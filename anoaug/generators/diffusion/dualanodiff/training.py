@@ -23,7 +23,7 @@ from anoaug.generators.diffusion.dualanodiff.background import object_foreground
 from anoaug.generators.diffusion.dualanodiff.frame import Frame
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.sd.loading import SDComponents, place
+from anoaug.generators.diffusion.sd.loading import SDComponents, check_resolution, place
 from anoaug.generators.diffusion.sd.training import end_training, optimise, resolve_dtype, run_steps
 
 if TYPE_CHECKING:
@@ -125,11 +125,7 @@ class DualTrainer:
         defects = [d for d in data.defects if d.mask.any()]
         if not defects:
             raise GeneratorError(f"no generator-training defects with a non-empty mask for '{data.category}'")
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if settings.resolution % multiple != 0:
-            raise GeneratorError(
-                f"resolution {settings.resolution} must be a multiple of {multiple} (VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, settings.resolution)
         self.comps, self.defects, self.category, self.s, self.device = comps, defects, data.category, settings, device
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device="cpu").manual_seed(seed)

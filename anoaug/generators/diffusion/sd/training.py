@@ -26,7 +26,7 @@ from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import lora as lora_mod
 from anoaug.generators.diffusion.sd import spatial as spatial_mod
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.sd.loading import SDComponents, place
+from anoaug.generators.diffusion.sd.loading import SDComponents, check_resolution, place
 
 if TYPE_CHECKING:
     import torch
@@ -170,12 +170,7 @@ class SDTrainer:
         defects = [d for d in defects if d.mask.any()]  # an empty mask has no pixel to learn from
         if not defects:
             raise GeneratorError(f"no generator-training defects with a non-empty mask for '{category}'")
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if settings.resolution % multiple != 0:
-            raise GeneratorError(
-                f"resolution {settings.resolution} must be a multiple of {multiple} "
-                "(VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, settings.resolution)
         self.comps, self.defects, self.category, self.s, self.device = (
             comps,
             defects,
