@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from anoaug.generators import FitData, GenerationRequest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +46,84 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")
     make_demo_dataset(root, seed=0)
     return root
+
+
+# -- SD-family generator tests (diffusion-sd, anomalydiffusion, dualanodiff, adabldm) -------------------------
+
+WIDGET_SIZE = 48  # side of the synthetic widget images of `fit_data`
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU run many times faster on one thread; restored after the module.
+    A module opts in with ``pytest.mark.usefixtures("one_torch_thread")`` in its ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny text-to-image Stable Diffusion stand-in (diffusers layout), one per test module."""
+    from anoaug.generators.diffusion.sd.tiny_stand_in import make_tiny_stable_diffusion
+
+    return make_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
+
+
+def widget_image(rng: np.random.Generator) -> np.ndarray:
+    """A smooth gradient with noise: something a VAE can represent and a defect can differ from."""
+    yy, xx = np.mgrid[0:WIDGET_SIZE, 0:WIDGET_SIZE]
+    base = np.stack([yy * 3, xx * 3, (yy + xx) * 2], axis=-1).astype(np.float64) + 40
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def widget_mask(y: int, x: int, h: int = 10, w: int = 12) -> np.ndarray:
+    """A (WIDGET_SIZE, WIDGET_SIZE) mask with an h x w rectangle at (y, x)."""
+    m = np.zeros((WIDGET_SIZE, WIDGET_SIZE), bool)
+    m[y : y + h, x : x + w] = True
+    return m
+
+
+def widget_requests(seed: int = 1) -> list[GenerationRequest]:
+    """Two generation requests on fresh widget images, one per defect type of `fit_data`."""
+    from anoaug.generators import GenerationRequest
+
+    rng = np.random.default_rng(5)
+    return [
+        GenerationRequest(normal=widget_image(rng), mask=widget_mask(20, 14), defect_type="scratch", seed=seed),
+        GenerationRequest(
+            normal=widget_image(rng), mask=widget_mask(4, 30, 8, 8), defect_type="Broken Large", seed=seed + 7
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fit_data() -> FitData:
+    """Three widget defects of two types, each a bright red rectangle the learned tokens can pick up."""
+    from anoaug.generators import DefectExample, FitData
+
+    rng = np.random.default_rng(0)
+    defects = []
+    for i, (t, y, x) in enumerate([("scratch", 8, 10), ("scratch", 25, 20), ("Broken Large", 15, 5)]):
+        img = widget_image(rng)
+        m = widget_mask(y, x)
+        img[m] = (200, 30, 30)
+        defects.append(DefectExample(image=img, mask=m, defect_type=t, relpath=f"{t}/{i:03d}.png"))
+    return FitData(category="widget", kind="object", defects=defects, normal_paths=[])
+
+
+@pytest.fixture(scope="module")
+def cap(demo_root: Path) -> FitData:
+    """The demo cap category's fit data (split seed 0)."""
+    from anoaug.data.formats import read_category
+    from anoaug.data.split import make_split
+    from anoaug.generators import FitData
+
+    data = read_category(demo_root, "cap", "auto")
+    return FitData.from_split(data, make_split(data, 0), kind="object")
 
 
 def write_tiny_mvtec(

@@ -22,6 +22,7 @@ from anoaug.generators.diffusion.blending import make_scheduler
 from anoaug.generators.diffusion.sd.loading import load_components
 from anoaug.generators.diffusion.sd.tiny_stand_in import make_tiny_stable_diffusion
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # shared fixtures: tests/conftest.py (cap, demo_root)
 SMALL = {
     "resolution": 32,
     "train_steps": 2,
@@ -31,15 +32,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU run many times faster on one thread; restored after this module."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adabldm-sd")
@@ -47,15 +39,6 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "t2i": make_tiny_stable_diffusion(root / "t2i"),
         "inpaint": make_tiny_stable_diffusion(root / "inpaint", inpainting=True),
     }
-
-
-@pytest.fixture(scope="module")
-def cap(demo_root: Path) -> FitData:
-    from anoaug.data.formats import read_category
-    from anoaug.data.split import make_split
-
-    data = read_category(demo_root, "cap", "auto")
-    return FitData.from_split(data, make_split(data, 0), kind="object")
 
 
 def _request(fd: FitData, seed: int = 3, trimap: bool = True) -> GenerationRequest:

@@ -9,57 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from anoaug.generators import DefectExample, FitData, GenerationRequest, get_generator
+from anoaug.generators import FitData, get_generator
 from anoaug.generators.base import GeneratorError
 from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
 from anoaug.generators.diffusion.anomalydiffusion import reweighting as rw
 from anoaug.generators.diffusion.anomalydiffusion import spatial_encoder as spatial
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd.loading import load_components
-from anoaug.generators.diffusion.sd.tiny_stand_in import make_tiny_stable_diffusion
-from tests.conftest import run_cli
+from tests.conftest import WIDGET_SIZE, run_cli, widget_requests
 
-SIZE, RES = 48, 32
+SIZE, RES = WIDGET_SIZE, 32
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 PARAMS = {"resolution": RES, "train_steps": 3, "spatial_tokens": 2, "num_inference_steps": 4, "guidance_scale": 3.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU run many times faster on one thread; restored after this module."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
-
-
-def _image(rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    base = np.stack([yy * 3, xx * 3, (yy + xx) * 2], axis=-1).astype(np.float64) + 40
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-
-
-def _mask(y: int, x: int, h: int = 10, w: int = 12) -> np.ndarray:
-    m = np.zeros((SIZE, SIZE), bool)
-    m[y : y + h, x : x + w] = True
-    return m
-
-
-@pytest.fixture(scope="module")
-def fit_data() -> FitData:
-    rng = np.random.default_rng(0)
-    defects = []
-    for i, (t, y, x) in enumerate([("scratch", 8, 10), ("scratch", 25, 20), ("Broken Large", 15, 5)]):
-        img = _image(rng)
-        m = _mask(y, x)
-        img[m] = (200, 30, 30)
-        defects.append(DefectExample(image=img, mask=m, defect_type=t, relpath=f"{t}/{i:03d}.png"))
-    return FitData(category="widget", kind="object", defects=defects, normal_paths=[])
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +29,6 @@ def fitted(tiny_sd: Path, fit_data: FitData, tmp_path_factory: pytest.TempPathFa
     gen = get_generator("anomalydiffusion")({"model": str(tiny_sd), **PARAMS})
     out = gen.fit(fit_data, tmp_path_factory.mktemp("ad-artifact") / "art", seed=0)
     return gen, out
-
-
-def _requests(seed: int = 1) -> list[GenerationRequest]:
-    rng = np.random.default_rng(5)
-    return [
-        GenerationRequest(normal=_image(rng), mask=_mask(20, 14), defect_type="scratch", seed=seed),
-        GenerationRequest(normal=_image(rng), mask=_mask(4, 30, 8, 8), defect_type="Broken Large", seed=seed + 7),
-    ]
 
 
 # -- tokens ---------------------------------------------------------------------------------------------
@@ -199,7 +153,7 @@ def test_reweighting_off_is_the_plain_sampler_and_on_edits_only_the_mask(fitted)
     gen, out = fitted
     assert gen.settings.attention_reweighting == "off"
     assert not any(isinstance(p, rw.ReweightingAttnProcessor) for p in gen._comps.unet.attn_processors.values())
-    reqs = _requests()
+    reqs = widget_requests()
     plain = gen.generate(reqs)
     # The processor installed but fed nothing (mode off): the same pixels as the library's default processor.
     assert rw.install(gen._comps.unet, ["down", "mid", "up"]) > 0
@@ -224,14 +178,14 @@ def test_artifacts_save_and_load_to_the_same_output_and_seeds_decide(fitted, tin
     assert manifest["learned"]["anomaly_tokens"] == 4 and manifest["learned"]["spatial_tokens"] == 2
     assert manifest["base_model"]["model"] == str(tiny_sd) and "folder" not in manifest["base_model"]
     assert manifest["tokens"]["scratch"] == ["<scratch_0>", "<scratch_1>", "<scratch_2>", "<scratch_3>"]
-    reqs = _requests()
+    reqs = widget_requests()
     first = gen.generate(reqs)
     loaded = get_generator("anomalydiffusion").load(out)
     for a, b in zip(first, loaded.generate(reqs), strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
     for a, b in zip(first, gen.generate(reqs), strict=True):  # determinism per seed
         assert np.array_equal(a.image, b.image)
-    other = gen.generate(_requests(seed=50))
+    other = gen.generate(widget_requests(seed=50))
     assert not np.array_equal(other[0].image, first[0].image)
     info = first[0].info
     assert info["prompt"].startswith("a photo of widget with <scratch_0>") and "<spatial_1>" in info["prompt"]

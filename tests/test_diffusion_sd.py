@@ -14,56 +14,18 @@ pytest.importorskip("peft")
 
 import torch  # noqa: E402
 
-from anoaug.generators import DefectExample, FitData, GenerationRequest, get_generator  # noqa: E402
+from anoaug.generators import FitData, get_generator  # noqa: E402
 from anoaug.generators.base import GeneratorError  # noqa: E402
 from anoaug.generators.diffusion.sd import lora as lora_mod  # noqa: E402
 from anoaug.generators.diffusion.sd import textual_inversion as ti  # noqa: E402
 from anoaug.generators.diffusion.sd.loading import load_components  # noqa: E402
 from anoaug.generators.diffusion.sd.tiny_stand_in import make_tiny_stable_diffusion  # noqa: E402
 from anoaug.generators.diffusion.sd.training import SDTrainer, TrainSettings, resolve_dtype  # noqa: E402
+from tests.conftest import WIDGET_SIZE, widget_requests  # noqa: E402
 
-pytestmark = pytest.mark.slow
-SIZE, RES = 48, 32
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+SIZE, RES = WIDGET_SIZE, 32
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU run many times faster on one thread; restored after this module."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
-
-
-def _image(rng: np.random.Generator) -> np.ndarray:
-    """A smooth gradient with noise: something a VAE can represent and a defect can differ from."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    base = np.stack([yy * 3, xx * 3, (yy + xx) * 2], axis=-1).astype(np.float64) + 40
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-
-
-def _mask(y: int, x: int, h: int = 10, w: int = 12) -> np.ndarray:
-    m = np.zeros((SIZE, SIZE), bool)
-    m[y : y + h, x : x + w] = True
-    return m
-
-
-@pytest.fixture(scope="module")
-def fit_data() -> FitData:
-    rng = np.random.default_rng(0)
-    defects = []
-    for i, (t, y, x) in enumerate([("scratch", 8, 10), ("scratch", 25, 20), ("Broken Large", 15, 5)]):
-        img = _image(rng)
-        m = _mask(y, x)
-        img[m] = (200, 30, 30)  # a bright red defect the tokens can learn
-        defects.append(DefectExample(image=img, mask=m, defect_type=t, relpath=f"{t}/{i:03d}.png"))
-    return FitData(category="widget", kind="object", defects=defects, normal_paths=[])
 
 
 BASE_PARAMS = {
@@ -81,14 +43,6 @@ def fitted(tiny_sd: Path, fit_data: FitData, tmp_path_factory: pytest.TempPathFa
     gen = get_generator("diffusion-sd")({"model": str(tiny_sd), **BASE_PARAMS})
     out = gen.fit(fit_data, tmp_path_factory.mktemp("sd-artifact") / "art", seed=0)
     return gen, out
-
-
-def _requests(seed: int = 1) -> list[GenerationRequest]:
-    rng = np.random.default_rng(5)
-    return [
-        GenerationRequest(normal=_image(rng), mask=_mask(20, 14), defect_type="scratch", seed=seed),
-        GenerationRequest(normal=_image(rng), mask=_mask(4, 30, 8, 8), defect_type="Broken Large", seed=seed + 7),
-    ]
 
 
 # -- loading -------------------------------------------------------------------------------------------
@@ -115,7 +69,7 @@ def test_inpainting_stand_in_is_detected_and_generates(tmp_path: Path, fit_data:
     params = {**BASE_PARAMS, "model": str(folder), "train_steps": 2, "scheduler": "dpm++", "inpainting": True}
     gen = get_generator("diffusion-sd")(params)
     gen.fit(fit_data, tmp_path / "art", seed=0)
-    req = _requests()[0]
+    req = widget_requests()[0]
     (res,) = gen.generate([req])
     assert np.array_equal(res.image[~req.mask], req.normal[~req.mask])
     assert not np.array_equal(res.image[req.mask], req.normal[req.mask])
@@ -199,7 +153,7 @@ def test_artifact_holds_only_learned_parts_and_base_identity(fitted, tiny_sd: Pa
 
 def test_generate_keeps_outside_exact_is_deterministic_and_loads_back(fitted) -> None:
     gen, out = fitted
-    reqs = _requests()
+    reqs = widget_requests()
     first = gen.generate(reqs)
     assert [r.image.shape for r in first] == [(SIZE, SIZE, 3)] * 2
     for req, res in zip(reqs, first, strict=True):
@@ -216,7 +170,7 @@ def test_generate_keeps_outside_exact_is_deterministic_and_loads_back(fitted) ->
     again = loaded.generate(reqs)
     for a, b in zip(first, again, strict=True):  # same seeds -> same images and masks
         assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
-    (other_seed,) = gen.generate(_requests(seed=2)[:1])
+    (other_seed,) = gen.generate(widget_requests(seed=2)[:1])
     assert not np.array_equal(other_seed.image, first[0].image)
     # Each item depends only on its own seed: alone it matches its place in the batch (up to BLAS rounding).
     (alone,) = gen.generate(reqs[1:])
@@ -225,7 +179,7 @@ def test_generate_keeps_outside_exact_is_deterministic_and_loads_back(fitted) ->
 
 def test_unknown_defect_type_is_a_clear_error(fitted) -> None:
     gen, _ = fitted
-    req = _requests()[0]
+    req = widget_requests()[0]
     req.defect_type = "dent"
     with pytest.raises(GeneratorError, match="no learned token for defect type 'dent'"):
         gen.generate([req])
@@ -364,7 +318,7 @@ def test_bf16_mixed_precision_path_runs_on_cpu(tiny_sd: Path, fit_data: FitData,
     unet = gen._comps.unet
     assert unet.dtype == torch.bfloat16
     assert {p.dtype for n, p in unet.named_parameters() if "lora_" in n} == {torch.float32}
-    req = _requests()[0]
+    req = widget_requests()[0]
     (res,) = gen.generate([req])
     assert np.array_equal(res.image[~req.mask], req.normal[~req.mask])
 

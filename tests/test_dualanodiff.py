@@ -21,27 +21,12 @@ from anoaug.generators.diffusion.dualanodiff.training import DualUNet
 from anoaug.generators.diffusion.sd.loading import load_components
 from anoaug.generators.diffusion.sd.tiny_stand_in import make_tiny_stable_diffusion
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # shared fixtures: tests/conftest.py (cap, demo_root)
 
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_stable_diffusion(tmp_path_factory.mktemp("dual-sd") / "model", inpainting=True)
-
-
-@pytest.fixture(scope="module")
-def cap(demo_root: Path) -> FitData:
-    from anoaug.data.formats import read_category
-    from anoaug.data.split import make_split
-
-    data = read_category(demo_root, "cap", "auto")
-    return FitData.from_split(data, make_split(data, 0), kind="object")
 
 
 def _inputs(comps, groups: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:

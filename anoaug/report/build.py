@@ -224,14 +224,14 @@ def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> 
                             fig_dir / f"maps_{model}_{arm}.png",
                         )
                         if "reconstructions" in p:  # detectors that reconstruct (diffusionad) save them
-                            figs[f"recon_{model}_{arm}"] = figures.reconstructions(
+                            figs[f"recon_{model}_{arm}"] = figures.map_overlays(
                                 real["images"][: len(sel)],
-                                p["reconstructions"][sel],
                                 p["maps"][sel],
                                 p["masks"][sel],
                                 real["defect_types"],
                                 f"{model} / {arm} (seed {seed}): held-out real defects, input / reconstruction / map",
                                 fig_dir / f"recon_{model}_{arm}.png",
+                                recons=p["reconstructions"][sel],
                             )
         figs[f"pr_{model}"] = figures.pr_curves(preds, model, fig_dir / f"pr_{model}.png")
     # Training pairs of each arm beside the held-out real defects.

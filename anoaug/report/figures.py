@@ -91,56 +91,39 @@ def sample_grid(images: np.ndarray, masks: np.ndarray, types: np.ndarray, title:
 
 
 def map_overlays(
-    images: np.ndarray, maps: np.ndarray, masks: np.ndarray, types: np.ndarray, title: str, path: Path
-) -> Path | None:
-    """Held-out defects: image with ground-truth contour, and the anomaly map over it."""
-    n = min(len(images), 6)
-    if n == 0:
-        return None
-    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.2), squeeze=False)
-    vmax = float(np.nanmax(maps[:n])) if maps.size else 1.0
-    vmin = float(np.nanmin(maps[:n])) if maps.size else 0.0
-    for i in range(n):
-        axes[0][i].imshow(images[i])
-        axes[0][i].contour(masks[i], levels=[0.5], colors="red", linewidths=0.8)
-        axes[0][i].set_title(str(types[i]), fontsize=8)
-        axes[1][i].imshow(images[i])
-        axes[1][i].imshow(maps[i].astype(np.float32), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
-        axes[1][i].contour(masks[i], levels=[0.5], colors="white", linewidths=0.6)
-        for ax in (axes[0][i], axes[1][i]):
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def reconstructions(
     images: np.ndarray,
-    recons: np.ndarray,
     maps: np.ndarray,
     masks: np.ndarray,
     types: np.ndarray,
     title: str,
     path: Path,
+    recons: np.ndarray | None = None,
 ) -> Path | None:
-    """Held-out defects, one per column: input (ground-truth contour), reconstruction, anomaly map."""
+    """Held-out defects, one per column: the image with its ground-truth contour, then the anomaly map over
+    the image; with `recons` (detectors that reconstruct) the reconstruction, then the map alone, rows named."""
     n = min(len(images), 6)
     if n == 0:
         return None
-    fig, axes = plt.subplots(3, n, figsize=(2 * n, 6.3), squeeze=False)
+    rows = 2 if recons is None else 3
+    fig, axes = plt.subplots(rows, n, figsize=(2 * n, 4.2 if recons is None else 6.3), squeeze=False)
     vmax = float(np.nanmax(maps[:n])) if maps.size else 1.0
     vmin = float(np.nanmin(maps[:n])) if maps.size else 0.0
     for i in range(n):
         axes[0][i].imshow(images[i])
         axes[0][i].contour(masks[i], levels=[0.5], colors="red", linewidths=0.8)
         axes[0][i].set_title(str(types[i]), fontsize=8)
-        axes[1][i].imshow(recons[i])
-        axes[2][i].imshow(maps[i].astype(np.float32), cmap="jet", vmin=vmin, vmax=vmax)
-        axes[2][i].contour(masks[i], levels=[0.5], colors="white", linewidths=0.6)
+        if recons is None:
+            axes[1][i].imshow(images[i])
+            axes[1][i].imshow(maps[i].astype(np.float32), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        else:
+            axes[1][i].imshow(recons[i])
+            axes[2][i].imshow(maps[i].astype(np.float32), cmap="jet", vmin=vmin, vmax=vmax)
+        axes[rows - 1][i].contour(masks[i], levels=[0.5], colors="white", linewidths=0.6)
         for ax in axes[:, i]:
             ax.set_axis_off()
-    for row, name in enumerate(("input", "reconstruction", "anomaly map")):
-        axes[row][0].text(-0.08, 0.5, name, rotation=90, transform=axes[row][0].transAxes, ha="right", va="center")
+    if recons is not None:
+        for row, name in enumerate(("input", "reconstruction", "anomaly map")):
+            axes[row][0].text(-0.08, 0.5, name, rotation=90, transform=axes[row][0].transAxes, ha="right", va="center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

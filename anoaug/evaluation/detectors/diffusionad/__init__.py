@@ -20,14 +20,13 @@ from pydantic import Field, model_validator
 
 from anoaug.errors import AnoaugError
 from anoaug.evaluation.detectors.base import Detector, FitContext, Prediction, register_detector
+from anoaug.evaluation.detectors.draem import discriminative_unet_size_problems
 from anoaug.registry import Settings
 
 if TYPE_CHECKING:
     from anoaug.evaluation.protocol import Sample
     from anoaug.spec import EvaluationSection
 
-SIZE_MULTIPLE = 32  # the segmentation subnetwork (DRÆM's discriminative U-Net) pools 5 times
-MIN_SIZE = 64  # at 32 px its bottleneck is 1x1, where BatchNorm fails on a batch of one
 MAX_TEXTURES = 64
 
 
@@ -104,12 +103,7 @@ class DiffusionADDetector(Detector):
 
     @classmethod
     def check(cls, cfg: EvaluationSection) -> list[str]:
-        if cfg.image_size < MIN_SIZE or cfg.image_size % SIZE_MULTIPLE:
-            return [
-                f"diffusionad needs evaluation.image_size >= {MIN_SIZE} and a multiple of {SIZE_MULTIPLE} "
-                f"(got {cfg.image_size})"
-            ]
-        return []
+        return discriminative_unet_size_problems(cls.name, cfg.image_size)
 
     def sizes(self, image_size: int, profile: str):  # noqa: ANN201 (torch_model.Sizes; torch-free import)
         """The network sizes for this profile and image side, with the settings' overrides."""
@@ -128,14 +122,12 @@ class DiffusionADDetector(Detector):
 
     def _augmenter(self, normals: list[Sample], defects: list[Sample], size: int):  # noqa: ANN202
         """(augmenter module, description): the arm's pairs, else DiffusionAD's own Perlin anomalies."""
+        from anoaug.evaluation.detectors.common import pair_source
         from anoaug.evaluation.detectors.diffusionad.torch_model import PerlinAugmenter
-        from anoaug.evaluation.detectors.draem.torch_model import PairAugmenter
 
         s = self.settings
         if defects:
-            aug = PairAugmenter.from_samples(defects, s.anomaly_probability, flips=True)
-            kinds = sorted({d.origin for d in defects})
-            return aug, f"pairs ({'+'.join(kinds)}, {len(aug.images)})"
+            return pair_source(defects, s.anomaly_probability, flips=True)
         kind = "texture"
         if s.foreground == "auto":
             from anoaug.masks.foreground import detect_kind

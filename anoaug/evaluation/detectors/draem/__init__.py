@@ -19,6 +19,17 @@ DRAEM_SIZE_MULTIPLE = 32  # the discriminative U-Net pools 5 times and concatena
 DRAEM_MIN_SIZE = 64  # at 32 px its bottleneck is 1x1, where BatchNorm fails on a batch of one
 
 
+def discriminative_unet_size_problems(detector: str, image_size: int) -> list[str]:
+    """What is wrong with `image_size` for DRÆM's discriminative U-Net (also DiffusionAD's segmentation
+    subnetwork); empty when it fits. Kept torch-free: spec checks call it."""
+    if image_size < DRAEM_MIN_SIZE or image_size % DRAEM_SIZE_MULTIPLE:
+        return [
+            f"{detector} needs evaluation.image_size >= {DRAEM_MIN_SIZE} and a multiple of {DRAEM_SIZE_MULTIPLE} "
+            f"(got {image_size})"
+        ]
+    return []
+
+
 class DraemSettings(Settings):
     """``evaluation.params.draem``."""
 
@@ -42,12 +53,7 @@ class DraemDetector(Detector):
 
     @classmethod
     def check(cls, cfg: EvaluationSection) -> list[str]:
-        if cfg.image_size < DRAEM_MIN_SIZE or cfg.image_size % DRAEM_SIZE_MULTIPLE:
-            return [
-                f"draem needs evaluation.image_size >= {DRAEM_MIN_SIZE} and a multiple of {DRAEM_SIZE_MULTIPLE} "
-                f"(got {cfg.image_size})"
-            ]
-        return []
+        return discriminative_unet_size_problems(cls.name, cfg.image_size)
 
     def fit(self, train: list[Sample], context: FitContext, seed: int) -> None:
         """A fixed number of epochs over the normals of ``train``; its defects are the anomaly source."""

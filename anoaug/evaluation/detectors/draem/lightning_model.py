@@ -26,7 +26,7 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib.models import Draem
 
 from anoaug.errors import AnoaugError
-from anoaug.evaluation.detectors.draem.torch_model import PairAugmenter
+from anoaug.evaluation.detectors.common import pair_source
 from anoaug.evaluation.protocol import Sample
 
 
@@ -47,6 +47,5 @@ def build_draem(defects: list[Sample], dtd_dir: str | None = None, flips: bool =
     if not defects:
         textures = "DTD textures" if perlin.anomaly_source_paths else "Perlin-noise textures (no DTD)"
         return model, f"perlin ({textures})"
-    model.augmenter = PairAugmenter.from_samples(defects, perlin.probability, flips)
-    kinds = sorted({s.origin for s in defects})
-    return model, f"pairs ({'+'.join(kinds)}, {len(model.augmenter.images)})"
+    model.augmenter, source = pair_source(defects, perlin.probability, flips)
+    return model, source

@@ -105,24 +105,18 @@ class AdaBLDMGenerator(Generator):
     # -- fit / load -----------------------------------------------------------------------------------
 
     def _load_base(self) -> Any:
-        from anoaug.generators.diffusion.sd.loading import load_components
+        from anoaug.generators.diffusion.sd.loading import check_resolution, load_components
 
         comps = load_components(self.settings.model, self.settings.inpainting)
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if self.settings.resolution % multiple:
-            raise GeneratorError(
-                f"resolution {self.settings.resolution} must be a multiple of {multiple} "
-                "(VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, self.settings.resolution)
         return comps
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
-        import torch
-
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
         from anoaug.generators.diffusion.adabldm import training as tr
         from anoaug.generators.diffusion.sd.artifact import loss_record, manifest_header
+        from anoaug.generators.diffusion.sd.training import seeded_init
 
         s = self.settings
         self._device = resolve_device(s.device)
@@ -136,8 +130,7 @@ class AdaBLDMGenerator(Generator):
         if s.controlnet:
             composites = tr.composite_examples(data, s.composites_per_type, seed)
             widths = control.embedding_widths(comps.vae_scale_factor)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the embedding's random init
+            with seeded_init(seed):  # the embedding's random init
                 controlnet = control.build_controlnet(comps.unet, comps.vae_scale_factor, widths)
             bs = tr.BranchSettings(
                 resolution=s.resolution,
@@ -176,15 +169,10 @@ class AdaBLDMGenerator(Generator):
     def _load(self, artifact_dir: Path, meta: dict[str, Any]) -> None:
         from anoaug.device import resolve_device
         from anoaug.generators.diffusion.adabldm import control
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
         self._device = resolve_device(self.settings.device)
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         controlnet = None
         if manifest.get("controlnet"):
             if not (artifact_dir / BRANCH).is_file():
@@ -197,18 +185,14 @@ class AdaBLDMGenerator(Generator):
         """Models on the device in inference precision (VAE and branch fp32), frozen, eval mode."""
         import torch
 
-        from anoaug.generators.diffusion.sd.loading import place
+        from anoaug.generators.diffusion.sd.loading import place, place_for_inference
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
         self._dtype = resolve_dtype(self.settings.mixed_precision, self._device)
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, self._dtype)
-        place(comps.text_encoder, self._device, self._dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder, controlnet):
-            if m is not None:
-                m.requires_grad_(False)
-                m.eval()
+        place_for_inference(comps, self._device, self._dtype)
         if controlnet is not None:
+            controlnet.requires_grad_(False)
+            controlnet.eval()
             place(controlnet, self._device, torch.float32)
         self._comps, self._controlnet, self._category, self._kind = comps, controlnet, category, kind
 
@@ -279,6 +263,7 @@ class AdaBLDMGenerator(Generator):
         from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         res = cfg.resolution
@@ -364,19 +349,18 @@ class AdaBLDMGenerator(Generator):
                 {
                     "request": r,
                     "pasted": paste_crop(r.normal, crop, box),
-                    "generator": self.name,
-                    "base_model": cfg.model,
-                    "prompt": prompt,
-                    "seed": int(r.seed),
-                    "crop": [box.y0, box.x0, box.side],
-                    "scheduler": cfg.scheduler,
-                    "num_inference_steps": cfg.num_inference_steps,
-                    "guidance_scale": guidance,
-                    "controlnet": self._controlnet is not None,
-                    "multistage": cfg.multistage,
-                    "stages": dict(zip(("T1", "T2", "T3"), lengths, strict=True)),
-                    "trimap": tri,
-                    "decoder_adaptation": adaptation,
+                    **sample_info(
+                        self.name,
+                        cfg,
+                        prompt,
+                        r.seed,
+                        box,
+                        controlnet=self._controlnet is not None,
+                        multistage=cfg.multistage,
+                        stages=dict(zip(("T1", "T2", "T3"), lengths, strict=True)),
+                        trimap=tri,
+                        decoder_adaptation=adaptation,
+                    ),
                 }
             )
         return out

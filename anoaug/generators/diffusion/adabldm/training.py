@@ -25,7 +25,7 @@ from anoaug.generators.diffusion.adabldm.control import controlled_unet, crop_tr
 from anoaug.generators.diffusion.crops import crop_box, take_crop
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd.loading import SDComponents, place
-from anoaug.generators.diffusion.sd.training import resolve_dtype
+from anoaug.generators.diffusion.sd.training import optimise, resolve_dtype
 from anoaug.masks.synthesis import make_trimap
 
 if TYPE_CHECKING:
@@ -209,16 +209,9 @@ class BranchTrainer:
 
     def step(self) -> float:
         """One optimisation step of the branch; returns the loss."""
-        import torch
-
         self.controlnet.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.sample_batch(self.rng), self.torch_gen)
-        if not torch.isfinite(loss):
-            raise GeneratorError(f"branch training loss is {loss.item()} at step {len(self.losses)} (lower lr?)")
-        loss.backward()
-        self.optimizer.step()
-        self.losses.append(float(loss.item()))
+        self.losses.append(optimise(loss, self.optimizer, step=len(self.losses), what="branch training"))
         return self.losses[-1]
 
     def train(self, steps: int | None = None) -> list[float]:

@@ -154,16 +154,10 @@ def save(text_encoder: Any, vocab: AnomalyVocab, path: Path) -> Path:
 def load(tokenizer: Any, text_encoder: Any, path: Path, init_word: str = "defect") -> AnomalyVocab:
     """Add the tokens saved by `save` to a fresh tokenizer / text encoder and set the anomaly rows."""
     import torch
-    from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118  (not a mapping)
-    except Exception as exc:  # noqa: BLE001  (safetensors raises several kinds)
-        raise GeneratorError(f"cannot read anomaly tokens: {exc}", path) from None
-    if meta.get("format") != FORMAT:
-        raise GeneratorError("not an anoaug anomaly-token file (missing metadata)", path)
+    from anoaug.generators.diffusion.sd.artifact import read_weights
+
+    meta, tensors = read_weights(path, FORMAT, "anomaly tokens", "anoaug anomaly-token")
     k, n = int(meta["k"]), int(meta["n"])
     dim = text_encoder.get_input_embeddings().weight.shape[1]
     for t, vec in tensors.items():

@@ -97,15 +97,10 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
-
-        from anoaug.device import resolve_device
         from anoaug.generators.diffusion.anomalydiffusion.training import ADTrainer, ADTrainSettings
-        from anoaug.generators.diffusion.sd.training import TrainSettings
+        from anoaug.generators.diffusion.sd.training import TrainSettings, make_trainer
 
         c = self.settings
-        self._device = resolve_device(c.device)
-        comps = self._load_base()
         base = TrainSettings(
             resolution=c.resolution,
             steps=c.train_steps,
@@ -128,9 +123,13 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             loss_normalisation=c.loss_normalisation,
             encoder_lr=c.lr,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
-            return ADTrainer(comps, data.defects, data.category, settings, self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            c.device,
+            self._load_base,
+            seed,
+            lambda comps, dev: ADTrainer(comps, data.defects, data.category, settings, dev, seed=seed),
+        )
+        return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
@@ -171,15 +170,12 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.anomalydiffusion import embedding as emb
         from anoaug.generators.diffusion.anomalydiffusion import spatial_encoder as spatial
         from anoaug.generators.diffusion.sd import lora as lora_mod
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file() or not (artifact_dir / TOKENS).is_file():
+        if not (artifact_dir / MANIFEST).is_file() or not (artifact_dir / TOKENS).is_file():
             raise GeneratorError(f"{self.name} artifact lacks {MANIFEST} or {TOKENS}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         self._vocab = emb.load(comps.tokenizer, comps.text_encoder, artifact_dir / TOKENS, self.settings.init_word)
         encoder = None
         if (artifact_dir / SPATIAL).is_file():
@@ -209,6 +205,7 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
         from anoaug.generators.diffusion.blending import blended_sample, make_scheduler
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         mode = cfg.attention_reweighting
@@ -298,20 +295,17 @@ class AnomalyDiffusionGenerator(StableDiffusionGenerator):
             mask = r.mask.astype(bool)
             image = composite(r.normal, paste_crop(r.normal, crop, box), mask, cfg.feather)
             final = changed_mask(r.normal, image, mask, cfg.change_threshold, 0, blur=cfg.change_blur)
-            info = {
-                "generator": self.name,
-                "base_model": cfg.model,
-                "prompt": prompt,
-                "anomaly_tokens": self._vocab.tokens[r.defect_type],
-                "spatial_tokens": self._vocab.n,
-                "attention_reweighting": mode,
-                "seed": int(r.seed),
-                "crop": [box.y0, box.x0, box.side],
-                "scheduler": cfg.scheduler,
-                "num_inference_steps": cfg.num_inference_steps,
-                "guidance_scale": guidance,
-                "input_mask_area": int(mask.sum()),
-                "final_mask_area": int(final.sum()),
-            }
+            info = sample_info(
+                self.name,
+                cfg,
+                prompt,
+                r.seed,
+                box,
+                anomaly_tokens=self._vocab.tokens[r.defect_type],
+                spatial_tokens=self._vocab.n,
+                attention_reweighting=mode,
+                input_mask_area=int(mask.sum()),
+                final_mask_area=int(final.sum()),
+            )
             results.append(GenerationResult(image=image, mask=final, info=info))
         return results

@@ -167,17 +167,9 @@ def save_spatial_encoder(encoder: Any, path: Path) -> Path:
 
 def load_spatial_encoder(path: Path, dim: int) -> Any:
     """Rebuild an encoder saved by `save_spatial_encoder` (no backbone file needed: its weights are saved)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from anoaug.generators.diffusion.sd.artifact import read_weights
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        sd = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise GeneratorError(f"cannot read spatial encoder weights: {exc}", path) from None
-    if meta.get("format") != FORMAT:
-        raise GeneratorError("not an anoaug anomalydiffusion spatial-encoder file (missing metadata)", path)
+    meta, sd = read_weights(path, FORMAT, "spatial encoder weights", "anoaug anomalydiffusion spatial-encoder")
     if int(meta["dim"]) != dim:
         raise GeneratorError(
             f"spatial encoder was trained for token dim {meta['dim']}, the text encoder has {dim}", path

@@ -13,14 +13,14 @@ the attention processors stay free for the shared attention and background compe
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anoaug.generators.base import GeneratorError
-from anoaug.generators.diffusion.sd.lora import LORA_TARGETS
+from anoaug.generators.diffusion.sd.artifact import read_weights
+from anoaug.generators.diffusion.sd.lora import add_lora, save_lora
 
 if TYPE_CHECKING:
     import torch
@@ -29,29 +29,12 @@ WHOLE = "whole"
 PART = "part"
 BRANCHES = (WHOLE, PART)
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+FORMAT = "anoaug-dual-lora"  # the branch file's format (metadata)
 
 
 def add_branch_adapters(unet: Any, rank: int, alpha: float | None = None) -> list[Any]:
     """Add the two branch adapters (rank `rank`, B initialised to zero by peft); return their parameters."""
-    from peft import LoraConfig
-
-    if rank < 1:
-        return []
-    unet.requires_grad_(False)
-    for name in BRANCHES:
-        config = LoraConfig(
-            r=int(rank),
-            lora_alpha=float(alpha if alpha is not None else rank),
-            init_lora_weights=True,
-            target_modules=list(LORA_TARGETS),
-        )
-        with warnings.catch_warnings():  # peft warns that a second adapter is added: that is the point here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            unet.add_adapter(config, adapter_name=name)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
-    return params
+    return add_lora(unet, rank, alpha, BRANCHES) if rank >= 1 else []
 
 
 def has_adapters(unet: Any) -> bool:
@@ -112,45 +95,16 @@ def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[0::2], x[1::2]
 
 
-def branch_state_dict(unet: Any) -> dict[str, Any]:
-    """Both adapters' weights (peft keys, prefixed ``<branch>.``) as contiguous CPU tensors."""
-    from peft import get_peft_model_state_dict
-
-    out = {}
-    for name in BRANCHES:
-        sd = get_peft_model_state_dict(unet, adapter_name=name)
-        out.update({f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in sd.items()})
-    return out
-
-
 def save_branches(unet: Any, path: Path, rank: int, alpha: float | None = None) -> Path:
-    """Write both branch adapters to `path` (safetensors) with rank / alpha in the metadata."""
-    from safetensors.torch import save_file
-
-    meta = {
-        "format": "anoaug-dual-lora",
-        "rank": str(rank),
-        "alpha": str(alpha if alpha is not None else rank),
-        "branches": ",".join(BRANCHES),
-    }
-    save_file(branch_state_dict(unet), str(path), metadata=meta)
-    return path
+    """Write both branch adapters to `path` (`sd.lora.save_lora`: keys prefixed ``<branch>.``)."""
+    return save_lora(unet, path, rank, alpha, BRANCHES, FORMAT)
 
 
 def load_branches(unet: Any, path: Path) -> None:
     """Add the two adapters to `unet` and load the weights written by `save_branches`."""
     from peft import set_peft_model_state_dict
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        sd = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001  (safetensors raises several kinds)
-        raise GeneratorError(f"cannot read the branch LoRA weights: {exc}", path) from None
-    if meta.get("format") != "anoaug-dual-lora" or "rank" not in meta:
-        raise GeneratorError("not an anoaug dual-branch LoRA file (missing metadata)", path)
+    meta, sd = read_weights(path, FORMAT, "the branch LoRA weights", "anoaug dual-branch LoRA", ("rank",))
     add_branch_adapters(unet, int(meta["rank"]), float(meta.get("alpha", meta["rank"])))
     for name in BRANCHES:
         part = {k[len(name) + 1 :]: v for k, v in sd.items() if k.startswith(f"{name}.")}

@@ -135,17 +135,17 @@ class DualAnoDiffGenerator(Generator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
-
-        from anoaug.device import resolve_device
         from anoaug.generators.diffusion.dualanodiff.training import DualTrainer
         from anoaug.generators.diffusion.sd.loading import load_components
+        from anoaug.generators.diffusion.sd.training import make_trainer
 
-        self._device = resolve_device(self.settings.device)
-        comps = load_components(self.settings.model)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA and new-layer initialisation
-            return DualTrainer(comps, data, self._train_settings(), self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            self.settings.device,
+            lambda: load_components(self.settings.model),
+            seed,
+            lambda comps, dev: DualTrainer(comps, data, self._train_settings(), dev, seed=seed),
+        )
+        return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
         from safetensors.torch import save_file
@@ -195,15 +195,11 @@ class DualAnoDiffGenerator(Generator):
         from anoaug.generators.diffusion.dualanodiff import shared_attention as sa
         from anoaug.generators.diffusion.dualanodiff.training import DualUNet
         from anoaug.generators.diffusion.sd import textual_inversion as ti
-        from anoaug.generators.diffusion.sd.loading import check_identity, load_components
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
+        from anoaug.generators.diffusion.sd.loading import load_components
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = load_components(self.settings.model)
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, lambda: load_components(self.settings.model))
         if (artifact_dir / EMBEDDINGS).is_file():
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / BRANCHES).is_file():
@@ -223,16 +219,9 @@ class DualAnoDiffGenerator(Generator):
 
     def _ready(self, comps: Any, model: Any, prompts: Any, category: str, kind: str, dtype: Any) -> None:
         """Models on the device in inference precision (VAE fp32), frozen, eval mode."""
-        import torch
+        from anoaug.generators.diffusion.sd.loading import place_for_inference
 
-        from anoaug.generators.diffusion.sd.loading import place
-
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, dtype)
-        place(comps.text_encoder, self._device, dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder):
-            m.requires_grad_(False)
-            m.eval()
+        place_for_inference(comps, self._device, dtype)
         self._comps, self._model, self._category, self._kind, self._dtype = comps, model, category, kind, dtype
         self._prompts = {t: (p[0], p[1]) for t, p in dict(prompts).items()}
         self._learned_tokens = {tok for p in self._prompts.values() for tok in p[1].split() if tok.startswith("<")}
@@ -435,6 +424,7 @@ class DualAnoDiffGenerator(Generator):
         """The result of one accepted (or last) draw: composite (blended), final mask, lineage."""
         from anoaug.generators.compositing import changed_mask, composite, dilate_mask
         from anoaug.generators.diffusion.dualanodiff import part_mask as pm
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         cfg = self.settings
         final = d["mask"] & region
@@ -456,29 +446,25 @@ class DualAnoDiffGenerator(Generator):
             changed = changed_mask(
                 r.normal, image, np.ones(final.shape, bool), cfg.change_threshold, 0, blur=cfg.change_blur
             )
-        f = d["frame"]
-        info = {
-            "generator": self.name,
-            "base_model": cfg.model,
-            "mode": cfg.mode,
-            "prompt": d["prompts"][0],
-            "part_prompt": d["prompts"][1],
-            "seed": int(r.seed),
-            "sample_seed": int(d["seed"]),
-            "attempts": attempt + 1,
-            "fallback": bool(fallback),
-            "part_mask_area": int(d["mask"].sum()),
-            "final_mask_area": int(final.sum()),
-            "on_foreground": round(pm.on_foreground_share(d["mask"], region), 4),
-            "mask_agreement_iou": round(pm.iou(d["mask"], changed), 4),
-            "shared_attention": self._model.shared,
-            "background_compensation": bool(self._model.background),
-            "crop": None if f.box is None else [f.box.y0, f.box.x0, f.box.side],
-            "scheduler": cfg.scheduler,
-            "num_inference_steps": cfg.num_inference_steps,
-            "guidance_scale": cfg.guidance_scale,
-            "mask_source": cfg.mask_source,
-        }
+        info = sample_info(
+            self.name,
+            cfg,
+            d["prompts"][0],
+            r.seed,
+            d["frame"].box,
+            mode=cfg.mode,
+            part_prompt=d["prompts"][1],
+            sample_seed=int(d["seed"]),
+            attempts=attempt + 1,
+            fallback=bool(fallback),
+            part_mask_area=int(d["mask"].sum()),
+            final_mask_area=int(final.sum()),
+            on_foreground=round(pm.on_foreground_share(d["mask"], region), 4),
+            mask_agreement_iou=round(pm.iou(d["mask"], changed), 4),
+            shared_attention=self._model.shared,
+            background_compensation=bool(self._model.background),
+            mask_source=cfg.mask_source,
+        )
         return GenerationResult(image=image, mask=final, info=info, extras={"part": d["part"]})
 
 

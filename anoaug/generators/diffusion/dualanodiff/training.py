@@ -23,8 +23,8 @@ from anoaug.generators.diffusion.dualanodiff.background import object_foreground
 from anoaug.generators.diffusion.dualanodiff.frame import Frame
 from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.sd.loading import SDComponents, place
-from anoaug.generators.diffusion.sd.training import resolve_dtype
+from anoaug.generators.diffusion.sd.loading import SDComponents, check_resolution, place
+from anoaug.generators.diffusion.sd.training import end_training, optimise, resolve_dtype, run_steps
 
 if TYPE_CHECKING:
     import torch
@@ -125,11 +125,7 @@ class DualTrainer:
         defects = [d for d in data.defects if d.mask.any()]
         if not defects:
             raise GeneratorError(f"no generator-training defects with a non-empty mask for '{data.category}'")
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if settings.resolution % multiple != 0:
-            raise GeneratorError(
-                f"resolution {settings.resolution} must be a multiple of {multiple} (VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, settings.resolution)
         self.comps, self.defects, self.category, self.s, self.device = comps, defects, data.category, settings, device
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -300,40 +296,17 @@ class DualTrainer:
     # -- loop -----------------------------------------------------------------------------------------
 
     def step(self) -> float:
-        import torch
-
+        """One optimisation step (`sd.training.optimise`); returns the loss."""
         assert self.optimizer is not None
         self.comps.unet.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.sample_batch(self.rng), self.torch_gen)
-        if not torch.isfinite(loss):
-            raise GeneratorError(f"training loss is {loss.item()} at step {len(self.losses)} (lower lr?)")
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.bank is not None:
-            ti.restore_frozen_rows(self.comps.text_encoder, self.bank)
-        self.losses.append(float(loss.item()))
+        self.losses.append(optimise(loss, self.optimizer, self.scaler, len(self.losses), self.bank, self.comps))
         return self.losses[-1]
 
     def train(self, callback: Callable[[int, float], None] | None = None) -> list[float]:
-        if not self.trainable:
-            return []
-        for i in range(self.s.steps):
-            loss = self.step()
-            if callback is not None:
-                callback(i, loss)
-        return self.losses
+        """Run settings.steps optimisation steps (`sd.training.run_steps`); returns the per-step losses."""
+        return run_steps(self, self.s.steps, callback)
 
     def finish(self) -> None:
-        """Freeze everything and switch to inference mode."""
-        if self.bank is not None:
-            ti.finish_training(self.comps.text_encoder, self.bank)
-        self.comps.unet.requires_grad_(False)
-        self.comps.unet.eval()
-        if self.comps.unet.is_gradient_checkpointing:
-            self.comps.unet.disable_gradient_checkpointing()
+        """Freeze everything and switch to inference mode (`sd.training.end_training`)."""
+        end_training(self.comps, self.bank)

@@ -112,16 +112,14 @@ class StableDiffusionGenerator(Generator):
 
     def make_trainer(self, data: FitData, seed: int = 0) -> Any:
         """Load the base model and build the trainer for `data` (used by `_fit`; handy for inspection)."""
-        import torch
+        from anoaug.generators.diffusion.sd.training import SDTrainer, make_trainer
 
-        from anoaug.device import resolve_device
-        from anoaug.generators.diffusion.sd.training import SDTrainer
-
-        self._device = resolve_device(self.settings.device)
-        comps = self._load_base()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA / mask-encoder initialisation
-            trainer = SDTrainer(comps, data.defects, data.category, self._settings(), self._device, seed=seed)
+        self._device, trainer = make_trainer(
+            self.settings.device,
+            self._load_base,
+            seed,
+            lambda comps, dev: SDTrainer(comps, data.defects, data.category, self._settings(), dev, seed=seed),
+        )
         return trainer
 
     def _fit(self, data: FitData, out_dir: Path, seed: int) -> None:
@@ -161,15 +159,10 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.sd import lora as lora_mod
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
         from anoaug.generators.diffusion.sd import textual_inversion as ti
-        from anoaug.generators.diffusion.sd.loading import check_identity
+        from anoaug.generators.diffusion.sd.artifact import open_artifact
         from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-        path = artifact_dir / MANIFEST
-        if not path.is_file():
-            raise GeneratorError(f"{self.name} artifact lacks {MANIFEST}", artifact_dir)
-        manifest = json.loads(path.read_text())
-        comps = self._load_base()
-        check_identity(manifest["base_model"], comps.identity)
+        manifest, comps = open_artifact(artifact_dir, MANIFEST, self.name, self._load_base)
         if (artifact_dir / EMBEDDINGS).is_file():
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / LORA).is_file():
@@ -185,14 +178,9 @@ class StableDiffusionGenerator(Generator):
         """Put the models on the device in inference precision (VAE fp32, learned parts fp32)."""
         import torch
 
-        from anoaug.generators.diffusion.sd.loading import place
+        from anoaug.generators.diffusion.sd.loading import place_for_inference
 
-        place(comps.vae, self._device, torch.float32)
-        place(comps.unet, self._device, dtype)
-        place(comps.text_encoder, self._device, dtype)
-        for m in (comps.unet, comps.vae, comps.text_encoder):
-            m.requires_grad_(False)
-            m.eval()
+        place_for_inference(comps, self._device, dtype)
         if encoder is not None:
             encoder.to(self._device, dtype=torch.float32).eval()
         self._comps, self._encoder, self._prompts, self._category, self._dtype = (
@@ -234,6 +222,7 @@ class StableDiffusionGenerator(Generator):
         from anoaug.generators.diffusion.crops import crop_box, paste_crop, take_crop
         from anoaug.generators.diffusion.sd import conditioning as cond
         from anoaug.generators.diffusion.sd import spatial as spatial_mod
+        from anoaug.generators.diffusion.sd.artifact import sample_info
 
         c, dev, dtype, cfg = self._comps, self._device, self._dtype, self.settings
         res = cfg.resolution
@@ -295,17 +284,8 @@ class StableDiffusionGenerator(Generator):
             full = paste_crop(r.normal, crop, box)
             image = composite(r.normal, full, mask, cfg.feather)
             final = changed_mask(r.normal, image, mask, cfg.change_threshold, 0, blur=cfg.change_blur)
-            info = {
-                "generator": self.name,
-                "base_model": cfg.model,
-                "prompt": prompt,
-                "seed": int(r.seed),
-                "crop": [box.y0, box.x0, box.side],
-                "scheduler": cfg.scheduler,
-                "num_inference_steps": cfg.num_inference_steps,
-                "guidance_scale": guidance,
-                "input_mask_area": int(mask.sum()),
-                "final_mask_area": int(final.sum()),
-            }
+            info = sample_info(
+                self.name, cfg, prompt, r.seed, box, input_mask_area=int(mask.sum()), final_mask_area=int(final.sum())
+            )
             results.append(GenerationResult(image=image, mask=final, info=info))
         return results

@@ -66,6 +66,27 @@ def place(module: Any, device: Any, dtype: Any) -> Any:
     return module
 
 
+def check_resolution(comps: SDComponents, resolution: int) -> None:
+    """GeneratorError unless `resolution` is a multiple of the VAE factor x the UNet's downsampling."""
+    multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
+    if resolution % multiple != 0:
+        raise GeneratorError(
+            f"resolution {resolution} must be a multiple of {multiple} (VAE factor x UNet downsampling)"
+        )
+
+
+def place_for_inference(comps: SDComponents, device: Any, dtype: Any) -> None:
+    """The base model on `device` for sampling: VAE fp32, UNet and text encoder in `dtype`; frozen, eval mode."""
+    import torch
+
+    place(comps.vae, device, torch.float32)
+    place(comps.unet, device, dtype)
+    place(comps.text_encoder, device, dtype)
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 

@@ -1,58 +1,82 @@
-"""LoRA on the UNet attention projections (peft), saved and loaded as the adapter weights only."""
+"""LoRA on the UNet attention projections (peft), saved and loaded as the adapter weights only.
+
+One adapter (``ADAPTER``, diffusion-sd, anomalydiffusion) or several named adapters side by side on the same
+projections (dualanodiff's branches): a file of several holds each adapter's keys prefixed ``<name>.``.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from anoaug.generators.base import GeneratorError
+from anoaug.generators.diffusion.sd.artifact import read_weights
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "anoaug"
+FORMAT = "anoaug-lora"  # the file's format (metadata)
 
 
-def add_lora(unet: Any, rank: int, alpha: float | None = None) -> list[Any]:
-    """Inject a LoRA adapter of `rank` into every attention projection of `unet`; return its parameters.
+def add_lora(unet: Any, rank: int, alpha: float | None = None, names: Sequence[str] = (ADAPTER,)) -> list[Any]:
+    """Inject a LoRA adapter of `rank` per name in `names` into every attention projection of `unet`; return
+    their parameters.
 
-    The adapter starts as the identity (peft initialises B to zero); only its parameters require grad.
+    The adapters start as the identity (peft initialises B to zero); only their parameters require grad.
     """
     from peft import LoraConfig
 
     if rank < 1:
         raise GeneratorError(f"lora_rank must be >= 1 to add LoRA, got {rank}")
-    config = LoraConfig(
-        r=int(rank),
-        lora_alpha=float(alpha if alpha is not None else rank),
-        init_lora_weights=True,
-        target_modules=list(LORA_TARGETS),
-    )
     unet.requires_grad_(False)
-    unet.add_adapter(config, adapter_name=ADAPTER)
+    for name in names:
+        config = LoraConfig(
+            r=int(rank),
+            lora_alpha=float(alpha if alpha is not None else rank),
+            init_lora_weights=True,
+            target_modules=list(LORA_TARGETS),
+        )
+        with warnings.catch_warnings():  # peft warns that a second adapter is added: named adapters are the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            unet.add_adapter(config, adapter_name=name)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     return params
 
 
-def lora_state_dict(unet: Any) -> dict[str, Any]:
-    """The adapter weights only (peft keys, adapter name stripped), as contiguous CPU tensors."""
+def lora_state_dict(unet: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The adapter weights only (peft keys, adapter name stripped), as contiguous CPU tensors: of ``ADAPTER``
+    (`names` None), else of each named adapter with its keys prefixed ``<name>.``."""
     from peft import get_peft_model_state_dict
 
-    sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    out = {}
+    for name in names or (ADAPTER,):
+        prefix = "" if names is None else f"{name}."
+        sd = get_peft_model_state_dict(unet, adapter_name=name)
+        out.update({f"{prefix}{k}": v.detach().to("cpu").contiguous() for k, v in sd.items()})
+    return out
 
 
-def save_lora(unet: Any, path: Path, rank: int, alpha: float | None = None) -> Path:
-    """Write the adapter weights to `path` (safetensors) with rank/alpha in the header metadata."""
+def save_lora(
+    unet: Any,
+    path: Path,
+    rank: int,
+    alpha: float | None = None,
+    names: Sequence[str] | None = None,
+    fmt: str = FORMAT,
+) -> Path:
+    """Write the adapter weights (`lora_state_dict` of `names`) to `path` (safetensors) with the format
+    `fmt` and rank / alpha in the header metadata, plus the targets (one adapter) or the adapter names."""
     from safetensors.torch import save_file
 
-    meta = {
-        "format": "anoaug-lora",
-        "rank": str(rank),
-        "alpha": str(alpha if alpha is not None else rank),
-        "targets": ",".join(LORA_TARGETS),
-    }
-    save_file(lora_state_dict(unet), str(path), metadata=meta)
+    meta = {"format": fmt, "rank": str(rank), "alpha": str(alpha if alpha is not None else rank)}
+    if names is None:
+        meta["targets"] = ",".join(LORA_TARGETS)
+    else:
+        meta["branches"] = ",".join(names)
+    save_file(lora_state_dict(unet, names), str(path), metadata=meta)
     return path
 
 
@@ -61,17 +85,7 @@ def load_lora(unet: Any, path: Path) -> dict[str, str]:
 
     Raises GeneratorError if the file is unreadable or its tensors do not fit this UNet.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        sd = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001  (safetensors raises several kinds)
-        raise GeneratorError(f"cannot read LoRA weights: {exc}", path) from None
-    if meta.get("format") != "anoaug-lora" or "rank" not in meta:
-        raise GeneratorError("not an anoaug LoRA file (missing metadata)", path)
+    meta, sd = read_weights(path, FORMAT, "LoRA weights", "anoaug LoRA", ("rank",))
     rank = int(meta["rank"])
     alpha = float(meta.get("alpha", rank))
     add_lora(unet, rank, alpha)

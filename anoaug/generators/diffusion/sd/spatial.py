@@ -74,17 +74,9 @@ def save_mask_encoder(encoder: Any, path: Path) -> Path:
 
 def load_mask_encoder(path: Path, dim: int) -> Any:
     """Rebuild and load an encoder saved by `save_mask_encoder`; `dim` must match the text encoder."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from anoaug.generators.diffusion.sd.artifact import read_weights
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        sd = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise GeneratorError(f"cannot read spatial encoder weights: {exc}", path) from None
-    if meta.get("format") != "anoaug-spatial":
-        raise GeneratorError("not an anoaug spatial-encoder file (missing metadata)", path)
+    meta, sd = read_weights(path, "anoaug-spatial", "spatial encoder weights", "anoaug spatial-encoder")
     if int(meta["dim"]) != dim:
         raise GeneratorError(
             f"spatial encoder was trained for token dim {meta['dim']}, the text encoder has {dim}", path
@@ -93,8 +85,6 @@ def load_mask_encoder(path: Path, dim: int) -> Any:
     try:
         enc.load_state_dict(sd)
     except RuntimeError as exc:
-        raise GeneratorError(
-            f"spatial encoder weights do not fit: {str(exc).splitlines()[0]}", path
-        ) from None
+        raise GeneratorError(f"spatial encoder weights do not fit: {str(exc).splitlines()[0]}", path) from None
     enc.requires_grad_(False)
     return enc.eval()

@@ -122,16 +122,12 @@ def save_embeddings(text_encoder: Any, bank: TokenBank, path: Path) -> Path:
 def load_embeddings(tokenizer: Any, text_encoder: Any, path: Path) -> TokenBank:
     """Add the placeholder tokens saved by `save_embeddings` and set their rows; return the bank."""
     import torch
-    from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118  (safe_open is not a mapping)
-    except Exception as exc:  # noqa: BLE001
-        raise GeneratorError(f"cannot read textual-inversion embeddings: {exc}", path) from None
-    if meta.get("format") != "anoaug-textual-inversion":
-        raise GeneratorError("not an anoaug textual-inversion file (missing metadata)", path)
+    from anoaug.generators.diffusion.sd.artifact import read_weights
+
+    meta, tensors = read_weights(
+        path, "anoaug-textual-inversion", "textual-inversion embeddings", "anoaug textual-inversion"
+    )
     types = {k.removeprefix("type:"): v for k, v in meta.items() if k.startswith("type:")}
     dim = _embeddings(text_encoder).weight.shape[1]
     for tok, vec in tensors.items():

@@ -13,9 +13,10 @@ can overflow). Gradient checkpointing is on by default on CUDA. On CPU everythin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -25,10 +26,12 @@ from anoaug.generators.diffusion.sd import conditioning as cond
 from anoaug.generators.diffusion.sd import lora as lora_mod
 from anoaug.generators.diffusion.sd import spatial as spatial_mod
 from anoaug.generators.diffusion.sd import textual_inversion as ti
-from anoaug.generators.diffusion.sd.loading import SDComponents, place
+from anoaug.generators.diffusion.sd.loading import SDComponents, check_resolution, place
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,6 +73,86 @@ def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Inside the block torch's global RNG is seeded with `seed`, so that new layers (LoRA, encoders, a
+    ControlNet branch) initialise from the run's one seed; the caller's RNG state is restored after it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_trainer(
+    device: str, load: Callable[[], SDComponents], seed: int, build: Callable[[SDComponents, torch.device], T]
+) -> tuple[torch.device, T]:
+    """An SD-family generator's fit set-up: resolve `device`, load the base model (`load`), and build the
+    trainer with `build(comps, device)` inside `seeded_init(seed)`. Returns (device, trainer)."""
+    from anoaug.device import resolve_device
+
+    dev = resolve_device(device)
+    comps = load()
+    with seeded_init(seed):
+        return dev, build(comps, dev)
+
+
+def optimise(
+    loss: torch.Tensor,
+    optimizer: Any,
+    scaler: Any = None,
+    step: int = 0,
+    bank: ti.TokenBank | None = None,
+    comps: SDComponents | None = None,
+    what: str = "training",
+) -> float:
+    """One optimiser step on `loss`: zero the gradients, check the loss is finite (else GeneratorError naming
+    `what` and `step`), backpropagate (through the fp16 gradient `scaler` if any), step, and restore the frozen
+    embedding rows of `bank` in `comps`' text encoder (textual inversion). Returns the loss value."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        raise GeneratorError(f"{what} loss is {loss.item()} at step {step} (lower lr?)")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if bank is not None and comps is not None:
+        ti.restore_frozen_rows(comps.text_encoder, bank)
+    return float(loss.item())
+
+
+def run_steps(trainer: Any, steps: int, callback: Callable[[int, float], None] | None = None) -> list[float]:
+    """`steps` calls of `trainer.step()` (then `callback(step index, loss)`); the trainer's losses, [] when it
+    has nothing to train."""
+    if not trainer.trainable or steps <= 0:
+        return []
+    for i in range(steps):
+        loss = trainer.step()
+        if callback is not None:
+            callback(i, loss)
+    return trainer.losses
+
+
+def end_training(comps: SDComponents, bank: ti.TokenBank | None, *modules: Any) -> None:
+    """Freeze the UNet and the trained `modules` (None ones skipped) in inference mode: textual-inversion
+    hooks removed and frozen rows restored (`bank`), gradient checkpointing off."""
+    if bank is not None:
+        ti.finish_training(comps.text_encoder, bank)
+    comps.unet.requires_grad_(False)
+    comps.unet.eval()
+    if comps.unet.is_gradient_checkpointing:
+        comps.unet.disable_gradient_checkpointing()
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+
+
 class SDTrainer:
     """Holds the learned parts of one category and trains them on its generator-training defects."""
 
@@ -87,12 +170,7 @@ class SDTrainer:
         defects = [d for d in defects if d.mask.any()]  # an empty mask has no pixel to learn from
         if not defects:
             raise GeneratorError(f"no generator-training defects with a non-empty mask for '{category}'")
-        multiple = comps.vae_scale_factor * 2 ** (len(comps.unet.config.block_out_channels) - 1)
-        if settings.resolution % multiple != 0:
-            raise GeneratorError(
-                f"resolution {settings.resolution} must be a multiple of {multiple} "
-                "(VAE factor x UNet downsampling)"
-            )
+        check_resolution(comps, settings.resolution)
         self.comps, self.defects, self.category, self.s, self.device = (
             comps,
             defects,
@@ -228,47 +306,18 @@ class SDTrainer:
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
-        import torch
-
         assert self.optimizer is not None
         self.comps.unet.train()
-        self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.sample_batch(), self.torch_gen)
-        if not torch.isfinite(loss):
-            raise GeneratorError(f"training loss is {loss.item()} at step {len(self.losses)} (lower lr?)")
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.bank is not None:
-            ti.restore_frozen_rows(self.comps.text_encoder, self.bank)
-        self.losses.append(float(loss.item()))
+        self.losses.append(optimise(loss, self.optimizer, self.scaler, len(self.losses), self.bank, self.comps))
         return self.losses[-1]
 
     def train(
         self, steps: int | None = None, callback: Callable[[int, float], None] | None = None
     ) -> list[float]:
         """Run `steps` (default settings.steps) optimisation steps; returns the per-step losses."""
-        n = self.s.steps if steps is None else steps
-        if not self.trainable or n <= 0:
-            return []
-        for i in range(n):
-            loss = self.step()
-            if callback is not None:
-                callback(i, loss)
-        return self.losses
+        return run_steps(self, self.s.steps if steps is None else steps, callback)
 
     def finish(self) -> None:
-        """Freeze everything and switch to inference mode (hooks removed, frozen rows restored)."""
-        if self.bank is not None:
-            ti.finish_training(self.comps.text_encoder, self.bank)
-        self.comps.unet.requires_grad_(False)
-        self.comps.unet.eval()
-        if self.comps.unet.is_gradient_checkpointing:
-            self.comps.unet.disable_gradient_checkpointing()
-        if self.encoder is not None:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
+        """Freeze everything and switch to inference mode (`end_training`)."""
+        end_training(self.comps, self.bank, self.encoder)
