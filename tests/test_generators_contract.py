@@ -63,6 +63,8 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     },
 }
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
@@ -79,17 +81,6 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     if "adabldm" in params:  # the same kind of stand-in weights, inpainting UNet (9 input channels)
         params["adabldm"]["model"] = str(make_tiny_stable_diffusion(tmp_path_factory.mktemp("ada") / "m", True))
     return params
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU run many times faster on one thread; restored after this module."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from anoaug.png import decode_mask  # noqa: E402
 from anoaug.spec import MasksSection, load_spec  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU run faster on one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _learned(model: Path, **kw: object) -> dict[str, object]:

@@ -27,19 +27,11 @@ from anoaug.generators.diffusion.pretrain.text import build_tokenizer, reserved_
 from anoaug.registry import validate_settings  # noqa: E402
 from tests.conftest import run_cli, write_tiny_mvtec  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
            "text_encoder/model.safetensors")  # fmt: skip
 # A few steps of a very small model: enough for bytes, resume and loading checks (not for quality).
 QUICK = {"vae_steps": 5, "unet_steps": 5, "vae_batch_size": 2, "unet_batch_size": 2, "eval_crops": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

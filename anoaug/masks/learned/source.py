@@ -133,18 +133,10 @@ def _model_folder(model: str) -> Path:
 
 def _ready(comps: Any, device: Any) -> None:
     """Inference placement: VAE fp32, UNet and text encoder in the device's compute dtype, all frozen."""
-    import torch
-
-    from anoaug.generators.diffusion.sd.loading import place
+    from anoaug.generators.diffusion.sd.loading import place_for_inference
     from anoaug.generators.diffusion.sd.training import resolve_dtype
 
-    dtype = resolve_dtype("auto", device)
-    place(comps.vae, device, torch.float32)
-    place(comps.unet, device, dtype)
-    place(comps.text_encoder, device, dtype)
-    for m in (comps.unet, comps.vae, comps.text_encoder):
-        m.requires_grad_(False)
-        m.eval()
+    place_for_inference(comps, device, resolve_dtype("auto", device))
 
 
 def train_artifact(
