@@ -474,6 +474,8 @@ def stage_generate(
             "kept": summary.kept,
             "shards": len(summary.shards),
             "defect_types": list(summary.defect_types),
+            "workers": summary.workers,
+            "encode_threads": summary.encode_threads,
         }
         return StageOutput(outputs, info)
 
