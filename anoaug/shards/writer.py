@@ -158,7 +158,12 @@ class ShardCommitter:
 
     def submit(self, fh: BinaryIO, tmp: Path, path: Path, on_commit: Callable[[], None] | None = None) -> None:
         """Commit ``tmp`` (written through the open ``fh``) as ``path``; ``fh`` is closed here."""
-        self.wait()
+        try:
+            self.wait()
+        except BaseException:  # an earlier shard failed: this one is dropped (the next run rewrites both)
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
         if self._pool is None:
             _commit(fh, tmp, path, on_commit)
         else:
