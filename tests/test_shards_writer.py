@@ -154,3 +154,26 @@ def test_spec_generation_workers_setting() -> None:
     data = {"generation": GenerationSection().model_dump(mode="json")}
     assert apply_profile(data, "cpu-tiny")["generation"]["workers"] == "auto"
     assert apply_profile({"generation": {"workers": 10**6}}, "cpu-tiny")["generation"]["workers"] >= 1
+
+
+def test_speed_settings_do_not_change_the_generate_cache_key() -> None:
+    """workers/encode_threads never change the bytes, so changing them must not regenerate; count does."""
+    from anoaug.pipeline import stages
+    from anoaug.spec import load_spec
+
+    spec = load_spec("demo/cap")
+    split = stages.StageResult(stage="split", fingerprint="f", out_dir="s", content_hash="h")
+    key = stages.generate_fingerprint(spec, split, None, spec.generator.name)
+    spec.generation.workers, spec.generation.encode_threads = 2, 0
+    assert stages.generate_fingerprint(spec, split, None, spec.generator.name) == key
+    spec.generation.count_per_type += 1
+    assert stages.generate_fingerprint(spec, split, None, spec.generator.name) != key
+
+
+def test_idle_cores_follow_the_load(monkeypatch) -> None:
+    import anoaug.shards.workers as w
+
+    monkeypatch.setattr(w.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
+    assert w.idle_cores(2) == 2
+    monkeypatch.setattr(w.os, "getloadavg", lambda: (7.5, 6.0, 3.0))  # a shared, busy machine
+    assert w.idle_cores(2) == 1 and w.idle_cores(16) == 10

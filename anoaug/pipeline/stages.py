@@ -420,7 +420,7 @@ def generate_fingerprint(
         "generate",
         generator,
         params,
-        spec.generation,
+        spec.generation.model_dump(mode="json", exclude={"workers", "encode_threads"}),  # speed only, not bytes
         masks_section(spec),
         spec.dataset.kind,
         spec.seed,

@@ -62,7 +62,7 @@ from anoaug.shards.format import (
     shard_ranges,
 )
 from anoaug.shards.manifest import GenerationManifest
-from anoaug.shards.workers import PROBE_S, WORKER_START_S, WorkerChoice, plan_workers, usable_cores
+from anoaug.shards.workers import PROBE_S, WORKER_START_S, WorkerChoice, idle_cores, plan_workers, usable_cores
 from anoaug.shards.writer import (
     EncodedSample,
     RawSample,
@@ -678,10 +678,13 @@ def _write_missing(
     jobs = [list(ranges[j])[k : k + chunk] for j in missing for k in range(0, len(ranges[j]), chunk)]
     choice = WorkerChoice(requested, 1, usable_cores(), "")
     pool = ThreadPoolExecutor(threads, thread_name_prefix="anoaug-encode") if threads > 0 else None
+    samples = encode_ordered(_sample_stream(builder, jobs, choice), pool, window=max(4, 4 * threads))
     try:
-        samples = encode_ordered(_sample_stream(builder, jobs, choice), pool, window=max(4, 4 * threads))
         _write_shards(out, category, gen_name, ranges, missing, manifest, samples, on_sample)
+        if next(samples, None) is not None:  # also runs the stream to its end (auto records its choice there)
+            raise AnoaugError("generation made more samples than its shards hold")
     finally:
+        samples.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return written, choice
@@ -719,7 +722,8 @@ def _sample_stream(builder: _ContextBuilder, jobs: list[list[int]], choice: Work
     rest = jobs[i:]
     remaining = sum(len(j) for j in rest)
     start_s = WORKER_START_S + build_s
-    k, gain = plan_workers(remaining, sample_s, choice.cores, start_s) if remaining else (1, 1.0)
+    choice.idle_cores = idle_cores(choice.cores)
+    k, gain = plan_workers(remaining, sample_s, choice.idle_cores, start_s) if remaining else (1, 1.0)
     choice.probe_samples, choice.sample_s = done, round(sample_s, 6)
     choice.start_s, choice.predicted_gain = round(start_s, 3), gain
     if k == 1:

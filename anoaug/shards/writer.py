@@ -137,6 +137,9 @@ def encode_ordered(
         for f in pending:
             if isinstance(f, Future):
                 f.cancel()
+        close = getattr(it, "close", None)
+        if close is not None:  # a generator source (e.g. one holding a worker pool) ends now, not at GC
+            close()
 
 
 def tmp_path(path: Path) -> Path:
