@@ -194,6 +194,8 @@ def test_bad_workers_setting_is_refused(fabric, tmp_path: Path) -> None:
     for bad in (0, "many", True):
         with pytest.raises(ShardError, match="workers must be 'auto' or a number"):
             _run(fabric, tmp_path / "gen", workers=bad)
+    with pytest.raises(ShardError, match="encode_threads must be"):
+        _run(fabric, tmp_path / "gen", encode_threads="many")
     assert not (tmp_path / "gen").exists()
 
 

@@ -443,7 +443,10 @@ def generate_category(
     n_per_type = int(count_per_type if count_per_type is not None else spec.generation.count_per_type)
     run_seed = int(seed if seed is not None else spec.seed)
     requested = _workers_setting(workers if workers is not None else spec.generation.workers)
-    threads = encode_threads_for(encode_threads if encode_threads is not None else spec.generation.encode_threads)
+    try:
+        threads = encode_threads_for(encode_threads if encode_threads is not None else spec.generation.encode_threads)
+    except (TypeError, ValueError):
+        raise ShardError(f"encode_threads must be 'auto' or a number >= 0, got {encode_threads!r}") from None
     size = int(shard_size if shard_size is not None else spec.generation.shard_size)
     batch = int(batch_size if batch_size is not None else spec.generation.batch_size)
     own_artifact = spec.generator.artifact if producer == spec.generator.name else None
@@ -727,7 +730,12 @@ def _sample_stream(builder: _ContextBuilder, jobs: list[list[int]], choice: Work
     choice.probe_samples, choice.sample_s = done, round(sample_s, 6)
     choice.start_s, choice.predicted_gain = round(start_s, 3), gain
     if k == 1:
-        choice.reason = "measured: workers would not pay for their start-up" if remaining else "done while probing"
+        if not remaining:
+            choice.reason = "done while probing"
+        elif choice.idle_cores < 2:
+            choice.reason = f"measured: the load average leaves {choice.idle_cores} of {choice.cores} cores idle"
+        else:
+            choice.reason = "measured: workers would not pay for their start-up"
         for job in rest:
             yield from ctx.produce(job)
         return

@@ -116,13 +116,14 @@ def encode_ordered(
 
     Samples already encoded pass through. The input is read lazily (memory stays at ``window`` samples).
     """
-    if pool is None:
-        for s in samples:
-            yield s.encode() if isinstance(s, RawSample) else s
-        return
     pending: deque[Future[EncodedSample] | EncodedSample] = deque()
     it = iter(samples)
     try:
+        while pool is None:
+            s = next(it, None)
+            if s is None:
+                return
+            yield s.encode() if isinstance(s, RawSample) else s
         while True:
             while len(pending) < max(1, window):
                 s = next(it, None)
