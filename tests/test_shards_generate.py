@@ -190,6 +190,19 @@ def test_auto_workers_hand_over_to_a_pool_byte_identically(fabric, tmp_path: Pat
     assert verify_generation(out) == []
 
 
+def test_auto_workers_start_no_pool_in_a_daemonic_process(fabric, reference: Path, tmp_path: Path, monkeypatch) -> None:
+    """Inside a Dask worker (a daemonic process) auto never starts child processes, whatever it measures."""
+    import types
+
+    import anoaug.shards.generate as gen
+
+    monkeypatch.setattr(gen.mp, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    monkeypatch.setattr(gen, "plan_workers", lambda *a, **k: (2, 9.0))
+    s = _run(fabric, tmp_path / "gen", workers="auto")
+    assert s.workers["chosen"] == 1 and "daemonic" in s.workers["reason"]
+    assert _tar_bytes(tmp_path / "gen") == _tar_bytes(reference)
+
+
 def test_bad_workers_setting_is_refused(fabric, tmp_path: Path) -> None:
     for bad in (0, "many", True):
         with pytest.raises(ShardError, match="workers must be 'auto' or a number"):

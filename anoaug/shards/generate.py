@@ -709,8 +709,10 @@ def _sample_stream(builder: _ContextBuilder, jobs: list[list[int]], choice: Work
         for job in jobs:
             yield from ctx.produce(job)
         return
-    if choice.cores < 2 or len(jobs) < 2:
+    daemon = mp.current_process().daemon  # e.g. a Dask worker: it may not start child processes
+    if choice.cores < 2 or len(jobs) < 2 or daemon:
         choice.reason = "one usable core" if choice.cores < 2 else "a single job"
+        choice.reason = "a daemonic process (no child processes)" if daemon else choice.reason
         for job in jobs:
             yield from ctx.produce(job)
         return
