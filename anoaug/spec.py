@@ -149,8 +149,17 @@ class VariantSection(Section):
 class GenerationSection(Section):
     count_per_type: int = Field(default=100, ge=1, description="Samples per defect type.")
     shard_size: int = Field(default=500, ge=1, description="Samples per WebDataset shard.")
-    workers: int = Field(default=1, ge=1, description="Processes generating samples (one writer).")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="Processes generating samples (one writer). 'auto': measured on the job, more than one only "
+        "when they pay for their start-up, at most the usable cores (anoaug.shards.workers).",
+    )
     batch_size: int = Field(default=8, ge=1, description="Requests per generator.generate call.")
+    encode_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="Threads PNG-encoding samples made in the writing process (0: inline; 'auto': usable cores, "
+        "at most 4). Speed only: the shards are byte-identical for any value.",
+    )
 
 
 class EvaluationSection(Section):

@@ -146,10 +146,70 @@ def test_resume_discards_partial_and_is_byte_identical(fabric, reference: Path, 
     assert (s.kept, s.written) == (6, 0)
 
 
+def _samples_table(out: Path) -> list[dict]:
+    return pq.read_table(out / "samples.parquet").to_pylist()
+
+
+@pytest.mark.parametrize(("workers", "threads"), [(1, 0), (1, 1), (1, 3), ("auto", 0), ("auto", "auto")])
+def test_any_thread_count_gives_identical_shards(fabric, reference: Path, tmp_path: Path, workers, threads) -> None:
+    """Encoding threads (0 = inline) and workers=auto change the speed only; the choice is recorded."""
+    out = tmp_path / "gen"
+    s = _run(fabric, out, workers=workers, encode_threads=threads)
+    assert _tar_bytes(out) == _tar_bytes(reference)
+    assert _samples_table(out) == _samples_table(reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["workers"] == s.workers and s.workers["requested"] == workers and s.workers["chosen"] == 1
+    assert s.workers["cores"] == len(os.sched_getaffinity(0)) and s.workers["reason"]
+    assert run["encode_threads"] == s.encode_threads == (min(4, s.workers["cores"]) if threads == "auto" else threads)
+    # How samples are made is not part of what a resume must match.
+    s = _run(fabric, out, workers=2, encode_threads=0)
+    assert (s.kept, s.written) == (6, 0) and s.workers["reason"] == "nothing left to generate"
+
+
 def test_workers_give_identical_shards(fabric, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen"
-    _run(fabric, out, workers=2)
+    s = _run(fabric, out, workers=2)
     assert _tar_bytes(out) == _tar_bytes(reference)
+    assert s.workers["chosen"] == 2 and s.workers["reason"] == "set explicitly"
+
+
+def test_auto_workers_hand_over_to_a_pool_byte_identically(fabric, tmp_path: Path, monkeypatch) -> None:
+    """When auto decides for workers, the probe's samples, those made here while the pool starts and the
+    pool's samples join in order: the same bytes as one process."""
+    import anoaug.shards.generate as gen
+
+    one = _run(fabric, tmp_path / "one", shard_size=2, workers=1, encode_threads=0)  # jobs: 3 shards of 2
+    monkeypatch.setattr(gen, "PROBE_S", 0.0)  # probe one job
+    monkeypatch.setattr(gen, "WORKER_START_S", 1e6)  # the next job is made here while the pool starts
+    monkeypatch.setattr(gen, "plan_workers", lambda remaining, *a, **k: (2, 9.0))
+    out = tmp_path / "auto"
+    s = _run(fabric, out, shard_size=2, workers="auto")
+    assert _tar_bytes(out) == _tar_bytes(tmp_path / "one") and one.total == s.total == 6
+    assert _samples_table(out) == _samples_table(tmp_path / "one")
+    assert s.workers["chosen"] == 2 and s.workers["probe_samples"] == 2 and s.workers["predicted_gain"] == 9.0
+    assert verify_generation(out) == []
+
+
+def test_auto_workers_start_no_pool_in_a_daemonic_process(fabric, reference: Path, tmp_path: Path, monkeypatch) -> None:
+    """Inside a Dask worker (a daemonic process) auto never starts child processes, whatever it measures."""
+    import types
+
+    import anoaug.shards.generate as gen
+
+    monkeypatch.setattr(gen.mp, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    monkeypatch.setattr(gen, "plan_workers", lambda *a, **k: (2, 9.0))
+    s = _run(fabric, tmp_path / "gen", workers="auto")
+    assert s.workers["chosen"] == 1 and "daemonic" in s.workers["reason"]
+    assert _tar_bytes(tmp_path / "gen") == _tar_bytes(reference)
+
+
+def test_bad_workers_setting_is_refused(fabric, tmp_path: Path) -> None:
+    for bad in (0, "many", True):
+        with pytest.raises(ShardError, match="workers must be 'auto' or a number"):
+            _run(fabric, tmp_path / "gen", workers=bad)
+    with pytest.raises(ShardError, match="encode_threads must be"):
+        _run(fabric, tmp_path / "gen", encode_threads="many")
+    assert not (tmp_path / "gen").exists()
 
 
 def test_lock_refuses_concurrent_run(fabric, tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def apply_profile(data: dict[str, Any], profile: str) -> dict[str, Any]:
         gen = dict(data.get("generation", {}))
         if "count_per_type" in gen:
             gen["count_per_type"] = min(gen["count_per_type"], CPU_TINY_CAPS["count_per_type"])
-        gen["workers"] = max(1, min(gen.get("workers", 1), os.cpu_count() or 1))
+        if isinstance(gen.get("workers"), int):  # "auto" (the default) already stays within the usable cores
+            gen["workers"] = max(1, min(gen["workers"], os.cpu_count() or 1))
         ev = dict(data.get("evaluation", {}))
         for key in ("image_size", "epochs"):
             if key in ev:

@@ -487,7 +487,7 @@ def generate_fingerprint(
         "generate",
         generator,
         without_cap(params),
-        spec.generation,
+        spec.generation.model_dump(mode="json", exclude={"workers", "encode_threads"}),  # speed only, not bytes
         masks_section(spec),
         spec.dataset.kind,
         spec.seed,
@@ -541,6 +541,8 @@ def stage_generate(
             "kept": summary.kept,
             "shards": len(summary.shards),
             "defect_types": list(summary.defect_types),
+            "workers": summary.workers,
+            "encode_threads": summary.encode_threads,
         }
         if summary.training is not None:
             info["training"] = summary.training  # planned vs done steps (anoaug.budget)

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +63,16 @@ from anoaug.shards.format import (
     shard_ranges,
 )
 from anoaug.shards.manifest import GenerationManifest
-from anoaug.shards.writer import EncodedSample, encode_sample, tmp_path, write_shard
+from anoaug.shards.workers import PROBE_S, WORKER_START_S, WorkerChoice, idle_cores, plan_workers, usable_cores
+from anoaug.shards.writer import (
+    EncodedSample,
+    RawSample,
+    ShardCommitter,
+    encode_ordered,
+    encode_threads_for,
+    tmp_path,
+    write_shard,
+)
 from anoaug.spec import PipelineSpec
 
 ProgressFn = Callable[[int, "int | None"], None]  # (advance, total), as anoaug.pipeline.stages.ProgressFn
@@ -100,6 +109,8 @@ class GenerationSummary:
     shards_manifest: Path | None = None
     seconds: float = 0.0
     training: dict[str, Any] | None = None  # the artifact's training record (anoaug.budget): planned vs done
+    workers: dict[str, Any] | None = None  # WorkerChoice.as_dict(): requested, chosen, cores, reason, estimates
+    encode_threads: int = 0  # PNG-encoding threads of the writing process
 
 
 # --- locking and directory safety -----------------------------------------------------------------
@@ -191,7 +202,7 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
-        if k in ("artifact_hash", "created", "training"):
+        if k in ("artifact_hash", "created", "training", "workers", "encode_threads"):
             continue
         if k == "generator_params":  # the time cap is no part of the run: a capped run continues under another
             if without_cap(old.get(k)) != without_cap(new.get(k)):
@@ -213,6 +224,19 @@ def _read_run(path: Path) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or "category" not in obj or "generator" not in obj:
         raise ShardError("not an anoaug generation run file; use --overwrite to start again", path)
     return obj
+
+
+def _workers_setting(value: int | str) -> int | str:
+    """``"auto"`` or a number of worker processes >= 1."""
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or isinstance(value, bool):
+        raise ShardError(f"workers must be 'auto' or a number >= 1, got {value!r}")
+    return n
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -291,8 +315,12 @@ class _Context:
         raise AssertionError("unreachable")
 
     def make(self, gs: Sequence[int]) -> list[EncodedSample]:
-        """Encoded samples for global indices ``gs`` (one generator call per ``batch_size``)."""
-        out: list[EncodedSample] = []
+        """Encoded samples for global indices ``gs`` (what a pool worker sends back)."""
+        return [r.encode() for r in self.produce(gs)]
+
+    def produce(self, gs: Sequence[int]) -> list[RawSample]:
+        """Samples (arrays, not yet encoded) for global indices ``gs`` (one generator call per ``batch_size``)."""
+        out: list[RawSample] = []
         for start in range(0, len(gs), self.batch_size):
             chunk = gs[start : start + self.batch_size]
             reqs, metas = [], []
@@ -324,7 +352,7 @@ class _Context:
                     "sample_seed": gen_seed,
                     "generator_info": res.info,
                 }
-                out.append(encode_sample(key, g, res.image, res.mask, to_jsonable(lineage), res.extras))
+                out.append(RawSample(key, g, res.image, res.mask, to_jsonable(lineage), res.extras))
         return out
 
 
@@ -401,7 +429,7 @@ def generate_category(
     out_dir: str | Path,
     count_per_type: int | None = None,
     seed: int | None = None,
-    workers: int | None = None,
+    workers: int | str | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     *,
@@ -411,6 +439,7 @@ def generate_category(
     synthesizer: MaskSource | None = None,
     kind: str | None = None,
     batch_size: int | None = None,
+    encode_threads: int | str | None = None,
 ) -> GenerationSummary:
     """Fit ``generator_name`` (or load ``artifact_dir``) and write ``count_per_type`` samples per defect type.
 
@@ -421,6 +450,8 @@ def generate_category(
     interrupted run with the same arguments; a directory written with other arguments needs
     ``overwrite=True``. ``synthesizer`` replaces the spec's mask synthesizer (tests, custom masks).
     ``progress(advance, total)`` is called as samples are done (first with the samples kept).
+    ``workers`` (a number or ``"auto"``, see anoaug.shards.workers) and ``encode_threads`` (a number, 0 =
+    inline, or ``"auto"``) change the speed only: the bytes written are the same for any of them.
     """
     t0 = time.perf_counter()
     producer = generator_name or spec.generator.name
@@ -429,7 +460,11 @@ def generate_category(
     gen_cls = get_generator(gen_name)  # unknown name: GeneratorError listing the available ones
     n_per_type = int(count_per_type if count_per_type is not None else spec.generation.count_per_type)
     run_seed = int(seed if seed is not None else spec.seed)
-    n_workers = max(1, int(workers if workers is not None else spec.generation.workers))
+    requested = _workers_setting(workers if workers is not None else spec.generation.workers)
+    try:
+        threads = encode_threads_for(encode_threads if encode_threads is not None else spec.generation.encode_threads)
+    except (TypeError, ValueError):
+        raise ShardError(f"encode_threads must be 'auto' or a number >= 0, got {encode_threads!r}") from None
     size = int(shard_size if shard_size is not None else spec.generation.shard_size)
     batch = int(batch_size if batch_size is not None else spec.generation.batch_size)
     own_artifact = spec.generator.artifact if producer == spec.generator.name else None
@@ -547,11 +582,14 @@ def generate_category(
         )
         missing = [j for j in range(len(ranges)) if j not in manifest.shards]
         written = 0
+        choice = WorkerChoice(requested, 1, usable_cores(), "nothing left to generate")
         if missing:
-            written = _write_missing(
-                out, data.category, gen_name, ranges, missing, manifest, builder, generator, synthesizer,
-                n_workers, batch, progress, total,
+            written, choice = _write_missing(
+                out, data.category, gen_name, ranges, missing, manifest, builder, requested, threads, batch,
+                progress, total,
             )  # fmt: skip
+        # How this call made its samples (not part of what a resume must match: bytes never depend on it).
+        _write_json(run_path, {**config, "workers": choice.as_dict(), "encode_threads": threads})
 
         if written or not manifest.samples_current():
             manifest.write_samples()
@@ -573,6 +611,8 @@ def generate_category(
         shards_manifest=out / SHARDS_MANIFEST,
         seconds=round(time.perf_counter() - t0, 3),
         training=generator.training,
+        workers=choice.as_dict(),
+        encode_threads=threads,
     )
 
 
@@ -647,14 +687,17 @@ def _write_missing(
     missing: list[int],
     manifest: GenerationManifest,
     builder: _ContextBuilder,
-    generator: Generator,
-    synthesizer: MaskSource | None,
-    n_workers: int,
+    requested: int | str,
+    threads: int,
     batch: int,
     progress: ProgressFn | None,
     total: int,
-) -> int:
-    """Generate and write the missing shards in order; returns the number of samples written."""
+) -> tuple[int, WorkerChoice]:
+    """Generate and write the missing shards in order; returns (samples written, the workers used).
+
+    Samples made in this process are encoded by ``threads`` threads (0: inline); samples of pool workers
+    arrive encoded. Either way the writer sees them in global order, so the bytes never depend on either.
+    """
     written = 0
 
     def on_sample(_: EncodedSample) -> None:
@@ -665,39 +708,117 @@ def _write_missing(
 
     chunk = max(batch, 8)
     jobs = [list(ranges[j])[k : k + chunk] for j in missing for k in range(0, len(ranges[j]), chunk)]
-
-    def stream(results: Iterator[list[EncodedSample]]) -> Iterator[EncodedSample]:
-        for res in results:
-            yield from res
-
-    if n_workers <= 1:
-        ctx = builder()
-        samples = stream(ctx.make(gs) for gs in jobs)
+    choice = WorkerChoice(requested, 1, usable_cores(), "")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="anoaug-encode") if threads > 0 else None
+    samples = encode_ordered(_sample_stream(builder, jobs, choice), pool, window=max(4, 4 * threads))
+    try:
         _write_shards(out, category, gen_name, ranges, missing, manifest, samples, on_sample)
-        return written
+        if next(samples, None) is not None:  # also runs the stream to its end (auto records its choice there)
+            raise AnoaugError("generation made more samples than its shards hold")
+    finally:
+        samples.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return written, choice
 
+
+def _sample_stream(builder: _ContextBuilder, jobs: list[list[int]], choice: WorkerChoice) -> Iterator[Any]:
+    """The jobs' samples in order: from this process, a worker pool, or (``auto``) this process first and a
+    pool for the rest when measuring says it pays (see anoaug.shards.workers); ``choice`` records which."""
+    requested = choice.requested
+    if requested != "auto" and int(requested) > 1:
+        choice.chosen, choice.reason = int(requested), "set explicitly"
+        yield from _pool_stream(builder, jobs, int(requested))
+        return
+    t0 = time.perf_counter()
+    ctx = builder()
+    build_s = time.perf_counter() - t0
+    if requested != "auto":
+        choice.reason = "set explicitly"
+        for job in jobs:
+            yield from ctx.produce(job)
+        return
+    daemon = mp.current_process().daemon  # e.g. a Dask worker: it may not start child processes
+    if choice.cores < 2 or len(jobs) < 2 or daemon:
+        choice.reason = "one usable core" if choice.cores < 2 else "a single job"
+        choice.reason = "a daemonic process (no child processes)" if daemon else choice.reason
+        for job in jobs:
+            yield from ctx.produce(job)
+        return
+    # Probe: make samples here for PROBE_S (at least one job); they are real samples, nothing is wasted.
+    i = done = 0
+    t1 = time.perf_counter()
+    while i < len(jobs) and (i == 0 or time.perf_counter() - t1 < PROBE_S):
+        yield from ctx.produce(jobs[i])
+        done += len(jobs[i])
+        i += 1
+    sample_s = (time.perf_counter() - t1) / max(1, done)
+    rest = jobs[i:]
+    remaining = sum(len(j) for j in rest)
+    start_s = WORKER_START_S + build_s
+    choice.idle_cores = idle_cores(choice.cores)
+    k, gain = plan_workers(remaining, sample_s, choice.idle_cores, start_s) if remaining else (1, 1.0)
+    choice.probe_samples, choice.sample_s = done, round(sample_s, 6)
+    choice.start_s, choice.predicted_gain = round(start_s, 3), gain
+    if k == 1:
+        if not remaining:
+            choice.reason = "done while probing"
+        elif choice.idle_cores < 2:
+            choice.reason = f"measured: the load average leaves {choice.idle_cores} of {choice.cores} cores idle"
+        else:
+            choice.reason = "measured: workers would not pay for their start-up"
+        for job in rest:
+            yield from ctx.produce(job)
+        return
+    choice.chosen = k
+    choice.reason = f"measured: {k} workers predicted {gain:.2f}x faster than one process, start-up included"
+    # While the workers start, this process goes on with the next jobs (about start_s worth).
+    n_local, local_s = 0, 0.0
+    while n_local < len(rest) - 1 and local_s < start_s:
+        local_s += len(rest[n_local]) * sample_s
+        n_local += 1
+    yield from _pool_stream(builder, rest[n_local:], k, local=(ctx, rest[:n_local]))
+
+
+def _pool_stream(
+    builder: _ContextBuilder,
+    jobs: list[list[int]],
+    n_workers: int,
+    local: tuple[_Context, list[list[int]]] | None = None,
+) -> Iterator[Any]:
+    """Samples of ``local`` jobs (made here, first) then of ``jobs`` from a pool of ``n_workers`` processes,
+    in order; the pool starts before the local jobs are made, so its start-up overlaps them."""
     # spawn, not fork: a forked child inherits OpenCV's/torch's thread pools mid-state and can deadlock.
     mp_ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(n_workers, mp_context=mp_ctx, initializer=_worker_init, initargs=(builder,)) as pool:
-        samples = stream(_bounded_map(pool, jobs, 2 * n_workers))
-        _write_shards(out, category, gen_name, ranges, missing, manifest, samples, on_sample)
-    return written
+        results = _bounded_map(pool, jobs, 2 * n_workers)
+        if local is not None:
+            ctx, local_jobs = local
+            for job in local_jobs:
+                yield from ctx.produce(job)
+        for res in results:
+            yield from res
 
 
 def _bounded_map(pool: ProcessPoolExecutor, jobs: list[list[int]], window: int) -> Iterator[list[EncodedSample]]:
-    """Results in job order with at most ``window`` jobs in flight (memory stays flat)."""
+    """Results in job order with at most ``window`` jobs in flight (memory stays flat); the first ``window``
+    are submitted at once (the workers start now, not when the results are first asked for)."""
     pending: deque[Future[list[EncodedSample]]] = deque()
     it = iter(jobs)
     for job in it:
         pending.append(pool.submit(_worker_make, job))
         if len(pending) >= window:
             break
-    while pending:
-        res = pending.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(_worker_make, nxt))
-        yield res
+
+    def drain() -> Iterator[list[EncodedSample]]:
+        while pending:
+            res = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_worker_make, nxt))
+            yield res
+
+    return drain()
 
 
 def _write_shards(
@@ -710,14 +831,24 @@ def _write_shards(
     samples: Iterator[EncodedSample],
     on_sample: Callable[[EncodedSample], None],
 ) -> None:
-    for j in missing:
-        n = len(ranges[j])
-        shard_samples = (next(samples) for _ in range(n))
-        shard_row, rows = write_shard(out / shard_name(category, gen_name, j), shard_samples, on_sample)
-        if shard_row["count"] != n or [r["global_index"] for r in rows] != list(ranges[j]):
-            raise AnoaugError(f"shard {j} got samples {rows[0]['global_index']}.. instead of {ranges[j]}")
+    """Write the shards in order; each is committed (fsync, rename, listed) in the background while the
+    next is written, and listed in the manifest only once its file is in place."""
+
+    def listed(j: int, shard_row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        if shard_row["count"] != len(ranges[j]) or [r["global_index"] for r in rows] != list(ranges[j]):
+            first = rows[0]["global_index"] if rows else None
+            raise AnoaugError(f"shard {j} got samples {first}.. instead of {ranges[j]}")
         shard_row["shard_index"] = j
         manifest.add(shard_row, [_sample_row(j, r) for r in rows])
+
+    with ShardCommitter() as committer:
+        for j in missing:
+            n = len(ranges[j])
+            shard_samples = (next(samples) for _ in range(n))
+            write_shard(
+                out / shard_name(category, gen_name, j), shard_samples, on_sample,
+                committer=committer, on_commit=functools.partial(listed, j),
+            )  # fmt: skip
 
 
 def _sample_row(shard_index: int, r: dict[str, Any]) -> dict[str, Any]:
