@@ -1,25 +1,13 @@
-"""Reading generated shards: (image, mask, meta) for training, and export to an MVTec-style folder.
+"""Reading generated shards: (image, mask, meta) for training (``anoaug.shards.export`` writes them out as a dataset).
 
 ``iter_samples`` streams with ``webdataset.WebDataset`` (shards in order, no shuffling); when the
 directory has a ``shards.parquet`` only the complete shards it lists are read, so a directory that is
 being written (or was interrupted) never yields a partial shard.
-
-``export_mvtec_folder`` writes::
-
-    <out>/<category>/test/<defect_type>/<key>.png
-    <out>/<category>/ground_truth/<defect_type>/<key>_mask.png      (0/255)
-    <out>/<category>/lineage.jsonl                                   (one lineage record per sample)
-
-which anomalib's ``Folder`` datamodule reads with ``abnormal_dir=test/<type>`` and
-``mask_dir=ground_truth/<type>`` (image stem contained in the mask stem), as does ``anoaug``'s MVTec reader.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from anoaug.errors import AnoaugError
-from anoaug.png import decode_image, decode_mask, write_png
-from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, SHARDS_MANIFEST, slug
+from anoaug.png import decode_image, decode_mask
+from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, SHARDS_MANIFEST
 
 
 @dataclass
@@ -77,43 +65,3 @@ def iter_samples(shard_dir: Path) -> Iterator[ShardSample]:
             mask=decode_mask(s[MASK_EXT], "a shard mask"),
             meta=json.loads(s[META_EXT]),
         )
-
-
-def export_mvtec_folder(shard_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """Write every sample as ``<out>/<category>/test/<type>/<key>.png`` + ground-truth ``_mask.png``.
-
-    Returns ``out_dir / <category>``. The category folder is built under a temporary name and renamed
-    when complete; an existing one is replaced only with ``overwrite``.
-    """
-    shard_dir, out_dir = Path(shard_dir), Path(out_dir)
-    if out_dir.resolve() == shard_dir.resolve() or shard_dir.resolve() in out_dir.resolve().parents:
-        raise AnoaugError("export into the shard directory itself is refused; choose another folder", out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    category: str | None = None
-    try:
-        with open(tmp / "lineage.jsonl", "w") as lineage:
-            for s in iter_samples(shard_dir):
-                cat = str(s.meta.get("category") or "synthetic")
-                if category is None:
-                    category = cat
-                elif cat != category:
-                    raise AnoaugError(f"shards mix categories {category!r} and {cat!r}", shard_dir)
-                dtype = slug(str(s.meta.get("defect_type") or "defect"))
-                img_dir, mask_dir = tmp / "test" / dtype, tmp / "ground_truth" / dtype
-                img_dir.mkdir(parents=True, exist_ok=True)
-                mask_dir.mkdir(parents=True, exist_ok=True)
-                write_png(img_dir / f"{s.key}.png", s.image)
-                write_png(mask_dir / f"{s.key}_mask.png", s.mask)
-                lineage.write(json.dumps(s.meta, sort_keys=True) + "\n")
-        assert category is not None
-        final = out_dir / slug(category)
-        if final.exists():
-            if not overwrite:
-                raise AnoaugError("already exists (pass overwrite=True to replace it)", final)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return final
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
