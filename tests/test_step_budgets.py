@@ -215,3 +215,31 @@ def test_demo_plans_steps_with_a_guard_cap_and_evaluates_on_the_available_cores(
     params = spec.generator.params
     assert params["train_steps"] == 250 and params["max_train_seconds"] == 240
     assert spec.evaluation.num_threads == "auto"
+
+
+def test_an_arm_on_a_capped_base_model_is_marked(tmp_path: Path) -> None:
+    """A generator on a pretrained base model whose time cap stopped it carries the base's record into the
+    generation record, and the report marks the arm with both notes; a complete base marks nothing."""
+    from anoaug.generators.diffusion.pretrain.card import write_card
+    from anoaug.report.build import capped_arms
+    from anoaug.shards.generate import _capped_base_training
+
+    capped = budget.record(2800, 700, "time", 120.0)
+    for name in ("capped", "full"):
+        (tmp_path / name).mkdir()
+    write_card(tmp_path / "capped", {"training": capped})
+    write_card(tmp_path / "full", {"training": budget.record(2800, 2800, "steps", None)})
+    assert _capped_base_training({"model": str(tmp_path / "capped")}) == capped
+    assert _capped_base_training({"model": str(tmp_path / "full")}) is None
+    assert _capped_base_training({"model": "base"}) is None and _capped_base_training({}) is None
+
+    arms = [
+        {"name": "adabldm", "base_training": capped},
+        {"name": "tiny", "training": budget.record(10, 4, "time", 5.0), "base_training": capped},
+        {"name": "crop-paste"},
+    ]
+    notes = capped_arms(arms)
+    assert notes == {
+        "adabldm": "base model trained 700 / 2800 steps (time cap)",
+        "tiny": "trained 4 / 10 steps (time cap); base model trained 700 / 2800 steps (time cap)",
+    }

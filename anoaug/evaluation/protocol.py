@@ -185,8 +185,9 @@ def read_generation_record(source: Any) -> dict[str, Any]:
         "variant": record.get("variant"),
         "generator_params": params if isinstance(params, dict) else {},
     }
-    if isinstance(record.get("training"), dict):  # a learned generator's planned vs done steps
-        out["training"] = record["training"]
+    for key in ("training", "base_training"):  # planned vs done steps of a learned generator / its base model
+        if isinstance(record.get(key), dict):
+            out[key] = record[key]
     return out
 
 

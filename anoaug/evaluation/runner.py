@@ -134,8 +134,9 @@ def _arm_generator(arm: Arm, source: Any) -> dict[str, Any]:
         "variant": record.get("variant"),
         "generator_params": record.get("generator_params", {}),
     }
-    if "training" in record:
-        out["training"] = record["training"]  # planned vs done steps: the report marks a capped arm
+    for key in ("training", "base_training"):  # planned vs done steps: the report marks a capped arm
+        if key in record:
+            out[key] = record[key]
     return out
 
 

@@ -65,7 +65,7 @@ def arm_record(arm: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(generation, dict) or "generator" not in generation:
         return arm
     keys = ("generator", "variant", "generator_params")
-    extra = {"training": generation["training"]} if isinstance(generation.get("training"), dict) else {}
+    extra = {k: generation[k] for k in ("training", "base_training") if isinstance(generation.get(k), dict)}
     return {**arm, **{k: generation.get(k) for k in keys}, **extra}
 
 
@@ -73,9 +73,16 @@ CAPPED_MARK = " †"  # beside an arm whose generator's training its time cap st
 
 
 def capped_arms(arms: list[dict[str, Any]]) -> dict[str, str]:
-    """Arm name -> its note ("trained 156 / 2500 steps (time cap)") for arms whose generator's training the
-    time cap stopped before its planned steps."""
-    return {str(a["name"]): note(a["training"]) for a in arms if is_capped(a.get("training"))}
+    """Arm name -> its note ("trained 156 / 2500 steps (time cap)") for arms whose generator's training, or
+    the pretrained base model it runs on (``base_training``), the time cap stopped before its planned steps."""
+    out: dict[str, str] = {}
+    for a in arms:
+        notes = [note(a["training"])] if is_capped(a.get("training")) else []
+        if is_capped(a.get("base_training")):
+            notes.append("base model " + note(a["base_training"]))
+        if notes:
+            out[str(a["name"])] = "; ".join(notes)
+    return out
 
 
 def arm_label(arm: str, capped: dict[str, str]) -> str:

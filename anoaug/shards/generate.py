@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anoaug.budget import can_continue, cap_of, without_cap
+from anoaug.budget import can_continue, cap_of, is_capped, without_cap
 from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
@@ -202,7 +202,7 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
-        if k in ("artifact_hash", "created", "training", "workers", "encode_threads"):
+        if k in ("artifact_hash", "created", "training", "base_training", "workers", "encode_threads"):
             continue
         if k == "generator_params":  # the time cap is no part of the run: a capped run continues under another
             if without_cap(old.get(k)) != without_cap(new.get(k)):
@@ -212,6 +212,20 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             a, b = json.dumps(old.get(k))[:40], json.dumps(new.get(k))[:40]
             diffs.append(f"{k}: {a} -> {b}")
     return diffs
+
+
+def _capped_base_training(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The training record of the base model a generator runs on (``model``: a folder `anoaug pretrain`
+    wrote) when its time cap stopped it early, so the arm built on it is marked too; None otherwise."""
+    model = params.get("model")
+    card = Path(str(model)) / "model_card.json" if isinstance(model, str) and model else None
+    if card is None or not card.is_file():
+        return None
+    try:
+        rec = json.loads(card.read_text()).get("training")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) and is_capped(rec) else None
 
 
 def _read_run(path: Path) -> dict[str, Any] | None:
@@ -560,6 +574,9 @@ def generate_category(
         config["artifact_hash"] = generator.artifact_hash
         if generator.training is not None:
             config["training"] = generator.training
+        base_training = _capped_base_training(params)
+        if base_training is not None:
+            config["base_training"] = base_training
         _write_json(run_path, config)
 
         manifest = _reconcile(out, prefix, ranges, data.category, gen_name)
