@@ -37,11 +37,12 @@ RUN_LOCK = ".lock"  # <out>/<dataset>/<category>/.lock, held by the `anoaug run`
 # Best first. diffusion-sd needs downloaded weights; the model-free ones always work offline.
 DEMO_GENERATOR_PREFERENCE = ("diffusion-tiny", "crop-paste", "cutpaste", "perlin")
 # Per-generator settings that keep `make demo` within 10 minutes on 2 idle CPU cores (--set overrides them).
-# diffusion-tiny trains a fixed number of steps (same seed, same model, busy machine or not): 250 steps take
-# about 130 s on 2 idle cores (1.9 steps/s measured, README); its time cap is only a guard that a very slow
-# machine cannot pass unnoticed (the command, stage.json and the report then say "trained N / 250 steps").
+# diffusion-tiny trains a fixed number of steps (same seed, same model, busy machine or not): 200 steps take
+# 105-175 s on 2 idle cores (1.9 steps/s on a fast hour, 1.16 on a slow one, 2 threads); its time cap is only a
+# guard that a very slow machine cannot pass unnoticed (the command, stage.json and the report then say
+# "trained N / 200 steps").
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "diffusion-tiny": {"generator": {"params": {"train_steps": 250, "max_train_seconds": 240}}},
+    "diffusion-tiny": {"generator": {"params": {"train_steps": 200, "max_train_seconds": 200}}},
 }
 # Settings of every demo run: the segmenter trains on the cores the process may use (its CPU affinity; the
 # count is fixed per machine, so reruns give the same bytes) instead of 1 thread, which left 1 of 2 cores idle.
