@@ -517,6 +517,19 @@ def render_sample(
     return DemoSample(image=_to_u8(img), mask=mask, object_mask=obj, clean=_to_u8(clean))
 
 
+def check_category_dirs(out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse (``DatasetError``) a category folder of a dataset maker that is a file, or that exists and is
+    not empty while ``overwrite`` is off."""
+    for name in names:
+        cat_dir = out_dir / name
+        if cat_dir.exists() and not cat_dir.is_dir():
+            raise DatasetError("exists and is not a directory", cat_dir)
+        if cat_dir.is_dir() and any(cat_dir.iterdir()) and not overwrite:
+            raise DatasetError(
+                "already exists and is not empty (pass overwrite=True or --overwrite to replace it)", cat_dir
+            )
+
+
 def make_demo_dataset(
     out_dir: Path,
     seed: int = 0,
@@ -541,14 +554,7 @@ def make_demo_dataset(
         raise DatasetError(f"seed must be >= 0, got {seed}", out_dir)
     if min(n_train_good, n_test_good, n_per_defect) < 0 or size < 64:
         raise DatasetError("counts must be >= 0 and size >= 64", out_dir)
-    for name in names:
-        cat_dir = out_dir / name
-        if cat_dir.exists() and not cat_dir.is_dir():
-            raise DatasetError("exists and is not a directory", cat_dir)
-        if cat_dir.is_dir() and any(cat_dir.iterdir()) and not overwrite:
-            raise DatasetError(
-                "already exists and is not empty (pass overwrite=True or --overwrite to replace it)", cat_dir
-            )
+    check_category_dirs(out_dir, names, overwrite)
 
     def write_one(job: tuple[str, str, str, int]) -> None:
         name, split, label, i = job

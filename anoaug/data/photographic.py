@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anoaug.data.demo import _smooth_noise, _to_u8
+from anoaug.data.demo import _smooth_noise, _to_u8, check_category_dirs
 from anoaug.data.records import GOOD
 from anoaug.errors import DatasetError
 from anoaug.png import write_png
@@ -229,12 +229,7 @@ def make_photographic_dataset(
             raise DatasetError(f"unknown photographic category {name!r}; choose from {known}", out_dir)
     if seed < 0 or min(n_train_good, n_test_good, n_per_defect) < 0 or size < 64:
         raise DatasetError("seed and counts must be >= 0 and size >= 64", out_dir)
-    for name in names:
-        cat = out_dir / name
-        if cat.exists() and not cat.is_dir():
-            raise DatasetError("exists and is not a directory", cat)
-        if cat.is_dir() and any(cat.iterdir()) and not overwrite:
-            raise DatasetError("already exists and is not empty (use --overwrite to replace it)", cat)
+    check_category_dirs(out_dir, names, overwrite)
     for name in names:
         for d in (out_dir / name, out_dir / OBJECT_MASKS_DIR / name):
             if d.is_dir():
