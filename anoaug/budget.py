@@ -9,8 +9,9 @@ one, continues the same training from its checkpoint (``can_continue``).
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from anoaug.cpu import usable_cores
 
 CAP_SETTING = "max_train_seconds"
 OLD_CAP_SETTING = "time_budget_s"  # the former name (a wall-clock budget); still read, with a warning
@@ -69,18 +70,10 @@ def warning(name: str, rec: dict[str, Any]) -> str:
     return f"warning: {name} trained {rec['steps']} / {rec['planned_steps']} steps ({where})"
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; the machine's count where there is none)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def thread_count(setting: int | str) -> int:
     """torch CPU threads for a ``threads`` setting: an int, or ``auto`` = the cores this process may use.
     Never measured from the machine's load, so the same setting gives the same count (and bytes) on a busy
     and an idle machine."""
     if setting == "auto":
-        return available_cores()
+        return usable_cores()
     return max(1, int(setting))

@@ -222,7 +222,7 @@ def _ours(tmp: Path, arrays: list[tuple[np.ndarray, np.ndarray]], shard_size: in
 
 
 def _cores() -> int:
-    from anoaug.shards.workers import usable_cores
+    from anoaug.cpu import usable_cores
 
     return usable_cores()
 

@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from anoaug import budget
+from anoaug.cpu import usable_cores
 from anoaug.pipeline import stages
 from anoaug.pipeline.config import prepare_spec
 from anoaug.pipeline.run_manifest import build_run_manifest
@@ -144,7 +145,7 @@ def test_time_cap_is_marked_everywhere_and_a_rerun_without_it_resumes(
     assert record["info"]["training"] == gen.info["training"] and record["info"]["training"]["stopped_by"] == "time"
     art = json.loads((gen.path("artifact") / "artifact.json").read_text())
     assert art["training"]["steps"] == done and art["training"]["max_train_seconds"] == 8
-    assert art["training"]["threads"] == budget.available_cores()  # `threads: auto`, as resolved and recorded
+    assert art["training"]["threads"] == usable_cores()  # `threads: auto`, as resolved and recorded
 
     # The command's output: one warning line.
     from flows.driver import print_summary

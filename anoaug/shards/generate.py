@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anoaug.budget import can_continue, cap_of, is_capped, without_cap
+from anoaug.cpu import usable_cores
 from anoaug.data.io import load_image
 from anoaug.data.records import CategoryData
 from anoaug.data.split import SplitManifest
@@ -63,7 +64,7 @@ from anoaug.shards.format import (
     shard_ranges,
 )
 from anoaug.shards.manifest import GenerationManifest
-from anoaug.shards.workers import PROBE_S, WORKER_START_S, WorkerChoice, idle_cores, plan_workers, usable_cores
+from anoaug.shards.workers import PROBE_S, WORKER_START_S, WorkerChoice, idle_cores, plan_workers
 from anoaug.shards.writer import (
     EncodedSample,
     RawSample,

@@ -27,14 +27,6 @@ MIN_GAIN = 1.25
 PROBE_S = 1.0
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
-        return max(1, os.cpu_count() or 1)
-
-
 def idle_cores(cores: int) -> int:
     """Of ``cores``, how many other processes leave free (1-minute load average, this process counted as 1)."""
     try:

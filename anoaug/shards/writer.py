@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import webdataset as wds
 
+from anoaug.cpu import usable_cores
 from anoaug.png import encode_png
 from anoaug.shards.format import IMAGE_EXT, MASK_EXT, META_EXT, TAR_MTIME, TMP_SUFFIX, slug
-from anoaug.shards.workers import usable_cores
 
 ShardRow = dict[str, Any]
 CommitFn = Callable[[ShardRow, list[dict[str, Any]]], None]
