@@ -288,12 +288,17 @@ def test_cli_generate_on_the_pretrained_base(pretrained_sd: Path, demo_root: Pat
     assert (out / "artifact" / BRANCH).is_file()
 
 
-def test_ablation_spec_loads_and_checks() -> None:
+@pytest.mark.parametrize(
+    "path", ["demo/ablations/adabldm-cap.yaml", "demo/ablations/adabldm-fabric.yaml", "photo/adabldm-washers.yaml"]
+)
+def test_ablation_spec_loads_and_checks(path: str) -> None:
     from anoaug.pipeline.config import check_spec
     from anoaug.spec import load_spec
 
-    spec = check_spec(load_spec(Path(__file__).parents[1] / "pipelines/demo/ablations/adabldm-cap.yaml"))
+    spec = check_spec(load_spec(Path(__file__).parents[1] / "pipelines" / path))
     assert spec.generator.name == "adabldm" and spec.generator.params["model"] == "base"
     assert spec.variants["ada-plain"].params["multistage"] is False
     assert spec.variants["ada-plain"].params["resolution"] == spec.generator.params["resolution"]  # YAML merge
-    assert {"crop-paste", "sd-base", "adabldm", "ada-nocontrolnet"} <= set(spec.evaluation.arms)
+    arms = set(spec.evaluation.arms)
+    assert {"crop-paste", "tiny", "sd-base", "adabldm", "ada-nocontrolnet", "ada-paperstages"} <= arms
+    assert spec.variants["ada-paperstages"].params["stages"] == [50, 30, 5]
