@@ -43,6 +43,7 @@ MANIFEST = "dual_manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
 BRANCHES = "branches.safetensors"
 LAYERS = "dual_layers.safetensors"
+TEXT_LORA = "text_lora.safetensors"
 
 
 @register
@@ -69,6 +70,9 @@ class DualAnoDiffGenerator(Generator):
         ti_lr: float = Field(5e-3, gt=0, description="learning rate of the object and defect tokens")
         lora_rank: int = Field(4, ge=0, description="rank of each branch's attention LoRA; 0 = no LoRA")
         lora_alpha: float | None = Field(None, description="LoRA alpha; default: = rank")
+        text_encoder_lora_rank: int = Field(
+            0, ge=0, description="rank of a LoRA on the text encoder's attention, trained with the branches; 0 = off"
+        )
         textual_inversion: bool = Field(True, description="learn rare tokens for {obj} and {defect}")
         init_word: str = Field("defect", description="initial value of the defect tokens")
         whole_prompt: str = Field("a {obj} with {defect}", description="whole-image branch prompt")
@@ -120,6 +124,7 @@ class DualAnoDiffGenerator(Generator):
             ti_lr=c.ti_lr,
             lora_rank=c.lora_rank,
             lora_alpha=c.lora_alpha,
+            text_encoder_lora_rank=c.text_encoder_lora_rank,
             textual_inversion=c.textual_inversion,
             init_word=c.init_word,
             shared_attention=c.shared_attention,
@@ -161,12 +166,16 @@ class DualAnoDiffGenerator(Generator):
         self.train_losses = list(trainer.train())
         trainer.finish()
         comps = trainer.comps
-        for name in (EMBEDDINGS, BRANCHES, LAYERS):
+        for name in (EMBEDDINGS, BRANCHES, LAYERS, TEXT_LORA):
             (out_dir / name).unlink(missing_ok=True)
         if trainer.bank is not None:
             ti.save_embeddings(comps.text_encoder, trainer.bank, out_dir / EMBEDDINGS)
         if trainer.s.lora_rank > 0:
             br.save_branches(comps.unet, out_dir / BRANCHES, trainer.s.lora_rank, trainer.s.lora_alpha)
+        if trainer.s.text_encoder_lora_rank > 0:
+            br.save_text_adapter(
+                comps.text_encoder, out_dir / TEXT_LORA, trainer.s.text_encoder_lora_rank, trainer.s.lora_alpha
+            )
         layers = sa.processor_state_dict(comps.unet)
         if layers:
             save_file(layers, str(out_dir / LAYERS), metadata={"format": "anoaug-dual-layers"})
@@ -178,6 +187,7 @@ class DualAnoDiffGenerator(Generator):
             "learned": {
                 "textual_inversion": trainer.bank is not None,
                 "lora_rank": trainer.s.lora_rank,
+                "text_encoder_lora_rank": trainer.s.text_encoder_lora_rank,
                 "shared_attention": trainer.s.shared_attention,
                 "background_compensation": trainer.s.background,
                 "mode": self.settings.mode,
@@ -204,6 +214,8 @@ class DualAnoDiffGenerator(Generator):
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / BRANCHES).is_file():
             br.load_branches(comps.unet, artifact_dir / BRANCHES)
+        if (artifact_dir / TEXT_LORA).is_file():
+            br.load_text_adapter(comps.text_encoder, artifact_dir / TEXT_LORA)
         learned = manifest.get("learned", {})
         model = DualUNet(comps, learned.get("shared_attention", "off"), bool(learned.get("background_compensation")))
         if (artifact_dir / LAYERS).is_file():
@@ -351,18 +363,23 @@ class DualAnoDiffGenerator(Generator):
             maps: list[torch.Tensor] = []
             attention: list[torch.Tensor] = []  # per step: (rows, r, r) map averaged over the layers
 
+            # what does not change with the step: the guidance copies of the inpainting extras, the background's
+            # inpainting extras (all known) and text states
+            mask_rep = None if lat_mask is None else lat_mask.repeat(n, 1, 1, 1)
+            masked_rep = None if masked is None else masked.repeat(n, 1, 1, 1)
+            bg_known = None
+            if bg_lat is not None and c.inpainting:
+                bg_known = torch.cat([torch.zeros_like(bg_lat[:, :1]), bg_lat], dim=1)
+            bg_text = None if bg_states is None else bg_states.to(dtype)
+
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                x_in = model.extras(
-                    x.repeat(n, 1, 1, 1),
-                    None if lat_mask is None else lat_mask.repeat(n, 1, 1, 1),
-                    None if masked is None else masked.repeat(n, 1, 1, 1),
-                )
+                x_in = model.extras(x.repeat(n, 1, 1, 1), mask_rep, masked_rep)
                 bg = None
                 if bg_lat is not None:
                     noisy_bg = scheduler.add_noise(bg_lat, bg_noise, t.reshape(1).expand(bg_lat.shape[0]))
-                    if c.inpainting:
-                        noisy_bg = cond.unet_input(noisy_bg, torch.zeros_like(noisy_bg[:, :1]), bg_lat)
-                    bg = (noisy_bg.to(dtype), t, bg_states.to(dtype))
+                    if bg_known is not None:
+                        noisy_bg = torch.cat([noisy_bg, bg_known], dim=1)
+                    bg = (noisy_bg.to(dtype), t, bg_text)
                 with autocast:
                     pred = model(x_in.to(dtype), t, states, bg, token, maps).float()
                 if maps:
