@@ -186,6 +186,7 @@ def test_part_mask_is_deterministic_and_on_the_foreground(pretrained_sd: Path, c
     for req, a, b in zip(reqs, first, again, strict=True):
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.extras["part"], b.extras["part"])
         assert a.mask.any() and not (a.mask & ~(req.trimap > 0)).any()
+        assert not a.info["fallback"] and a.info["on_foreground"] >= 0.9  # read from the part, not the fallback
         assert a.extras["part"].shape == req.normal.shape and a.image.shape == req.normal.shape
         info = a.info
         assert info["mode"] == "whole" and info["prompt"].startswith("a <cap-object> with <")

@@ -142,7 +142,6 @@ class DualAttnProcessor(nn.Module):
         repeat over the guidance copies), the part rows unchanged."""
         assert self.fusion is not None
         whole, part = dual_rows[0::2], dual_rows[1::2]
-        bg = bg.repeat(whole.shape[0] // bg.shape[0], 1, 1)
         return torch.stack([self.fusion(whole, bg), part], dim=1).flatten(0, 1)
 
 

@@ -48,6 +48,7 @@ class DualTrainSettings:
     shared_attention: str = "position"
     background: bool = True
     whole: bool = False  # True: whole images; False: crops around the defect
+    whole_part: str = "request"  # whole: the part branch is given the defect mask (request) or not (free)
     context: float = 2.0
     whole_prompt: str = "a {obj} with {defect}"
     part_prompt: str = "{defect}"
@@ -303,21 +304,27 @@ class DualTrainer:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Inpainting UNet extras per dual row: (latent mask, masked-image latents); (None, None) otherwise.
 
-        Whole images: everything is generated (mask 1, nothing known); crops: the defect mask, the image
-        outside it known (the part's known area is black)."""
+        Crops: the defect mask, the image outside it known (the part's known area is black). Whole images: the
+        whole branch generates everything (mask 1, nothing known); the part branch is given the defect mask
+        (its black outside known), as at generation where it draws inside the request's mask, unless
+        ``whole_part`` is free (mask 1: it must learn its black background from its LoRA alone)."""
         import torch
 
         c = self.comps
         if not c.inpainting:
             return None, None
+        whole_masks = part_masks = masks
         if self.s.whole:
-            masks = torch.ones_like(masks)
-        lat_mask = cond.latent_mask(masks, c.vae_scale_factor)
-        masked = br.interleave(
-            cond.encode_latents(c.vae, images * (1 - masks), sample=False),
-            cond.encode_latents(c.vae, parts * (1 - masks), sample=False),
+            whole_masks = torch.ones_like(masks)
+            part_masks = whole_masks if self.s.whole_part == "free" else masks
+        lat_mask = br.interleave(
+            cond.latent_mask(whole_masks, c.vae_scale_factor), cond.latent_mask(part_masks, c.vae_scale_factor)
         )
-        return lat_mask.repeat_interleave(2, dim=0), masked
+        masked = br.interleave(
+            cond.encode_latents(c.vae, images * (1 - whole_masks), sample=False),
+            cond.encode_latents(c.vae, parts * (1 - part_masks), sample=False),
+        )
+        return lat_mask, masked
 
     def background_input(self, noisy_bg: torch.Tensor, bg_latents: torch.Tensor) -> torch.Tensor:
         """The background pass's UNet input; an inpainting UNet is told the whole background is known."""
