@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dualanodiff.py [--model DIR] [--category cap] [--steps 10] [--n 8] [--train-steps 30]
         [--repeats 3] [--arms 1,2,4] [--text-lora]
+    python benchmarks/bench_dualanodiff.py --unet-step --model DIR [--repeats 15]
     python benchmarks/bench_dualanodiff.py --sd15-memory [--resolutions 256 512] [--mem-steps 3]
 
 Without --model, a minimal base is pretrained on the demo data first (as the tests' `pretrained_sd`).
@@ -10,6 +11,10 @@ inference steps / resolution / batch (repeats interleaved over the arms), the ra
 two branches per sample; arm 2 is arm 1 with the previous, separate background pass),
 and for dualanodiff the mask agreement: IoU between the mask read from the part and the pixels of the whole
 image that changed, the share of masks on the object's foreground, and how many draws fell back.
+
+--unet-step: milliseconds of one denoising step's UNet call (4 requests with guidance: 16 dual rows, 4 backgrounds)
+for the plain UNet and the dual model's pieces: processors, shared attention, routed branch LoRAs, background
+compensation batched into the branches' call or as a separate pass (interleaved repeats).
 
 --sd15-memory: peak memory and seconds per training step of the dual trainer (two LoRA r4 branches, shared
 attention, background compensation, textual inversion; batch 1 = 2 branch rows + 1 background row) on
@@ -131,6 +136,53 @@ def bench_sd15_memory(resolutions: list[int], steps: int) -> None:
                 torch.cuda.empty_cache()
 
 
+def bench_unet_step(model: str, repeats: int) -> None:
+    """Where a denoising step's time goes (see module doc)."""
+    import torch
+
+    from anoaug.generators.diffusion.dualanodiff import branches as br
+    from anoaug.generators.diffusion.dualanodiff.training import DualUNet
+    from anoaug.generators.diffusion.sd.loading import load_components
+
+    def dual(shared: str, rank: int, background: bool, background_pass: str = "batched") -> DualUNet:
+        comps = load_components(model)
+        if rank:
+            br.add_branch_adapters(comps.unet, rank)
+        comps.unet.eval()
+        return DualUNet(comps, shared, background, background_pass)
+
+    plain = load_components(model).unet.eval()
+    gen = torch.Generator().manual_seed(0)
+    ch, size = plain.config.in_channels, plain.config.sample_size
+    width = int(plain.config.cross_attention_dim)
+    x, states = torch.randn(16, ch, size, size, generator=gen), torch.randn(16, 77, width, generator=gen)
+    t = torch.tensor(500)
+    bg = (torch.randn(4, ch, size, size, generator=gen), t, torch.randn(4, 77, width, generator=gen))
+    models = {
+        "dual processors only (off, no LoRA, no BCM)": (dual("off", 0, False), None),
+        "+ shared attention position": (dual("position", 0, False), None),
+        "+ two routed LoRA branches (off)": (dual("off", 4, False), None),
+        "position + LoRA branches, no BCM": (dual("position", 4, False), None),
+        "position + LoRA branches, BCM batched": (dual("position", 4, True), bg),
+        "position + LoRA branches, BCM separate pass": (dual("position", 4, True, "separate"), bg),
+    }
+    cases = {"plain UNet, 8 rows (diffusion-sd's batch)": lambda: plain(x[:8], t, encoder_hidden_states=states[:8])}
+    cases["plain UNet, 16 rows"] = lambda: plain(x, t, encoder_hidden_states=states)
+    for label, (m, b) in models.items():
+        cases[label] = lambda m=m, b=b: m(x, t, states, b)
+    total = dict.fromkeys(cases, 0.0)
+    with torch.no_grad():
+        for f in cases.values():
+            f()  # warm-up
+        for _ in range(repeats):
+            for label, f in cases.items():
+                t0 = time.perf_counter()
+                f()
+                total[label] += time.perf_counter() - t0
+    for label, v in total.items():
+        print(f"{label:50s} {1000 * v / repeats:7.1f} ms/step", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -146,7 +198,16 @@ def main() -> None:
     ap.add_argument("--sd15-memory", action="store_true", help="dual-trainer memory on SD 1.5 shapes instead")
     ap.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--mem-steps", type=int, default=3, help="--sd15-memory: timed training steps")
+    ap.add_argument("--unet-step", action="store_true", help="one denoising step's UNet time by piece (needs --model)")
     args = ap.parse_args()
+    if args.unet_step:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.model is None:
+            ap.error("--unet-step needs --model")
+        bench_unet_step(args.model, args.repeats)
+        return
     if args.sd15_memory:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         bench_sd15_memory(args.resolutions, args.mem_steps)
