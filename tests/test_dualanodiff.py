@@ -65,6 +65,46 @@ def test_fresh_dual_model_is_the_base_model_bit_for_bit(tiny_sd: Path, shared: s
     assert torch.equal(whole, br.split(expected)[0]) and not torch.equal(part, br.split(expected)[1])
 
 
+def test_batched_background_pass_equals_the_separate_pass(tiny_sd: Path) -> None:
+    """Background rows in the dual batch's UNet call give what the separate write pass + dual pass gives (trained
+    LoRAs, gate, shared attention; 2 guidance copies per background; with attention maps), the background
+    matters, and the separate write pass stops after the last fusion layer (conv_out runs once, for the dual pass)."""
+    comps = load_components(tiny_sd)
+    br.add_branch_adapters(comps.unet, 2)
+    model = DualUNet(comps, "position", background=True)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in comps.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+        for proc in sa.processors(comps.unet).values():
+            if proc.fusion is not None:
+                proc.fusion.gate.fill_(0.5)
+            if proc.shared is not None:
+                torch.nn.init.normal_(proc.shared.out.weight, std=0.3)
+    x, t, states, bg = _inputs(comps, groups=4)
+    bg = (bg[0][:2], t, bg[2][:2])  # 2 requests x 2 guidance copies
+    calls = []
+    comps.unet.conv_out.register_forward_hook(lambda *_: calls.append(1))
+    out, maps = {}, {}
+    for mode in ("batched", "separate"):
+        model.background_pass = mode
+        maps[mode] = []
+        with torch.no_grad():
+            out[mode] = model(x, t, states, bg, torch.tensor([1, 2] * 4), maps[mode])
+        assert len(calls) == 1
+        calls.clear()
+    assert out["batched"].shape == x[:, :4].shape
+    assert torch.allclose(out["batched"], out["separate"], atol=1e-5, rtol=1e-4)
+    assert len(maps["batched"]) == len(maps["separate"]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(maps["batched"], maps["separate"], strict=True))
+    with torch.no_grad():
+        plain = model(x, t, states, None)
+    assert (plain - out["batched"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="background_pass"):
+        DualUNet(comps, "off", background=True, background_pass="twice")
+
+
 def _attention() -> torch.nn.Module:
     from diffusers.models.attention_processor import Attention
 
@@ -146,6 +186,7 @@ def test_part_mask_is_deterministic_and_on_the_foreground(pretrained_sd: Path, c
     for req, a, b in zip(reqs, first, again, strict=True):
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.extras["part"], b.extras["part"])
         assert a.mask.any() and not (a.mask & ~(req.trimap > 0)).any()
+        assert not a.info["fallback"] and a.info["on_foreground"] >= 0.9  # read from the part, not the fallback
         assert a.extras["part"].shape == req.normal.shape and a.image.shape == req.normal.shape
         info = a.info
         assert info["mode"] == "whole" and info["prompt"].startswith("a <cap-object> with <")
@@ -269,3 +310,39 @@ def test_extra_images_get_their_own_shard_member_and_reserved_names_are_refused(
     for bad in ("mask", "a.b"):
         with pytest.raises(ValueError, match="reserved or not a plain name"):
             encode_sample("k", 0, img, mask, {}, {bad: img})
+
+
+def test_text_encoder_lora_off_on_and_round_trip(tiny_sd: Path, cap: FitData, tmp_path: Path) -> None:
+    """text_encoder_lora_rank: 0 adds nothing; an untrained text LoRA (B = 0) gives the same output bit for bit;
+    trained, only the adapter (and the learned token rows) of the text encoder change; save/load round trip."""
+    params = {"model": str(tiny_sd), "resolution": 32, "train_steps": 2, "lora_rank": 2, "num_inference_steps": 2,
+              "max_attempts": 1, "lr": 1e-2}  # fmt: skip
+    req = _request(cap, 3)
+    off = get_generator("dualanodiff")({**params, "train_steps": 0})
+    art_off = off.fit(cap, tmp_path / "off", seed=0)
+    assert not any("lora_" in n for n, _ in off._comps.text_encoder.named_parameters())
+    assert not (art_off / "text_lora.safetensors").exists()
+    fresh = get_generator("dualanodiff")({**params, "train_steps": 0, "text_encoder_lora_rank": 2})
+    fresh.fit(cap, tmp_path / "fresh", seed=0)
+    assert any("lora_" in n for n, _ in fresh._comps.text_encoder.named_parameters())
+    (a,), (b,) = off.generate([req]), fresh.generate([req])
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.extras["part"], b.extras["part"])
+    fresh_rows = fresh._comps.text_encoder.get_input_embeddings().weight[-len(cap.defect_types) - 1 :].detach().clone()
+
+    base = load_components(tiny_sd).text_encoder.state_dict()
+    gen = get_generator("dualanodiff")({**params, "text_encoder_lora_rank": 2})
+    art = gen.fit(cap, tmp_path / "on", seed=0)
+    trained = {k.replace(".base_layer", ""): v for k, v in gen._comps.text_encoder.state_dict().items()}
+    lora = {k: v for k, v in trained.items() if "lora_" in k}
+    assert lora and any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)
+    grown = [k for k, v in base.items() if trained[k].shape != v.shape]
+    assert len(grown) == 1  # the token embedding: learned rows appended
+    for k, v in base.items():
+        assert torch.equal(trained[k][: v.shape[0]], v), k  # the vocabulary's rows and all other weights stay
+    assert not torch.equal(trained[grown[0]][base[grown[0]].shape[0] :], fresh_rows)  # the learned rows moved
+    assert json.loads((art / "dual_manifest.json").read_text())["learned"]["text_encoder_lora_rank"] == 2
+    back = get_generator("dualanodiff").load(art)
+    loaded = {k.replace(".base_layer", ""): v for k, v in back._comps.text_encoder.state_dict().items()}
+    assert all(torch.equal(loaded[k], v) for k, v in lora.items())
+    (x,), (y,) = gen.generate([req]), back.generate([req])
+    assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)

@@ -29,8 +29,11 @@ class BackgroundFusion(nn.Module):
         self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, h: torch.Tensor, h_bg: torch.Tensor) -> torch.Tensor:
+        """``h_bg`` may have fewer rows than ``h`` (one per sample; ``h`` repeats the samples, e.g. guidance
+        copies): the MLP runs once per background row, then repeats."""
         gate = self.gate.to(h.dtype)
-        return (1 - gate) * h + gate * self.mlp(h_bg.to(h.dtype)).to(h.dtype)
+        fused = self.mlp(h_bg.to(h.dtype)).to(h.dtype)
+        return (1 - gate) * h + gate * fused.repeat(h.shape[0] // fused.shape[0], 1, 1)
 
 
 def remove_object(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:

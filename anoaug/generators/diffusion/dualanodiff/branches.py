@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from anoaug.generators.base import GeneratorError
 from anoaug.generators.diffusion.sd.artifact import read_weights
-from anoaug.generators.diffusion.sd.lora import add_lora, save_lora
+from anoaug.generators.diffusion.sd.lora import TEXT_LORA_TARGETS, add_lora, save_lora
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,8 @@ PART = "part"
 BRANCHES = (WHOLE, PART)
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 FORMAT = "anoaug-dual-lora"  # the branch file's format (metadata)
+TEXT = "text"  # the text encoder's adapter (one, shared by both branches' prompts)
+TEXT_FORMAT = "anoaug-dual-text-lora"
 
 
 def add_branch_adapters(unet: Any, rank: int, alpha: float | None = None) -> list[Any]:
@@ -116,6 +118,33 @@ def load_branches(unet: Any, path: Path) -> None:
         if unexpected or not part:
             raise GeneratorError(f"branch '{name}' LoRA weights do not fit this UNet ({len(part)} tensors)", path)
     unet.requires_grad_(False)
+
+
+def add_text_adapter(text_encoder: Any, rank: int, alpha: float | None = None) -> list[Any]:
+    """A LoRA of `rank` on the text encoder's attention projections (B zero: the plain encoder at first);
+    return its parameters (the only ones of the text encoder that require grad)."""
+    return add_lora(text_encoder, rank, alpha, (TEXT,), TEXT_LORA_TARGETS) if rank >= 1 else []
+
+
+def save_text_adapter(text_encoder: Any, path: Path, rank: int, alpha: float | None = None) -> Path:
+    """Write the text encoder's adapter to `path` (`sd.lora.save_lora`, keys prefixed ``text.``)."""
+    return save_lora(text_encoder, path, rank, alpha, (TEXT,), TEXT_FORMAT)
+
+
+def load_text_adapter(text_encoder: Any, path: Path) -> None:
+    """Add the text adapter to `text_encoder` and load the weights written by `save_text_adapter`."""
+    from peft import set_peft_model_state_dict
+
+    meta, sd = read_weights(path, TEXT_FORMAT, "the text-encoder LoRA weights", "anoaug dual text LoRA", ("rank",))
+    add_text_adapter(text_encoder, int(meta["rank"]), float(meta.get("alpha", meta["rank"])))
+    own = {k[len(TEXT) + 1 :]: v for k, v in sd.items() if k.startswith(f"{TEXT}.")}
+    try:
+        result = set_peft_model_state_dict(text_encoder, own, adapter_name=TEXT)
+    except RuntimeError as exc:
+        raise GeneratorError(f"text-encoder LoRA weights do not fit this text encoder: {exc}", path) from None
+    if list(getattr(result, "unexpected_keys", []) or []) or not own:
+        raise GeneratorError(f"text-encoder LoRA weights do not fit this text encoder ({len(own)} tensors)", path)
+    text_encoder.requires_grad_(False)
 
 
 def interleave_lists(whole: list[Any], part: list[Any]) -> list[Any]:

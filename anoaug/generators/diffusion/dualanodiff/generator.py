@@ -12,7 +12,9 @@ pixels on the foreground are used and ``fallback`` is recorded). ``mode``:
   mask, blended sampling of both branches: outside the mask the whole branch keeps the normal image and the
   part branch black), then composited so the normal image is exact outside the final mask;
 * ``whole``: the whole image is generated (as the method does; background compensation keeps the normal
-  image's background), at ``resolution`` and resized back.
+  image's background), at ``resolution`` and resized back. ``whole_part``: the part branch draws inside the
+  request's mask with black known around it (``request``, default), or anywhere (``free``, the paper: its black
+  background must then be learned by its LoRA alone, which a short CPU training does not achieve).
 
 Each sample records the mode, both prompts and the part image (``part.png`` in the shard sample).
 """
@@ -43,6 +45,7 @@ MANIFEST = "dual_manifest.json"
 EMBEDDINGS = "embeddings.safetensors"
 BRANCHES = "branches.safetensors"
 LAYERS = "dual_layers.safetensors"
+TEXT_LORA = "text_lora.safetensors"
 
 
 @register
@@ -63,12 +66,20 @@ class DualAnoDiffGenerator(Generator):
             "position", description="attention between the branches: off | position (per pixel) | joint (all tokens)"
         )
         background_compensation: bool = Field(True, description="fuse the normal background into the whole branch")
+        whole_part: Literal["request", "free"] = Field(
+            "request",
+            description="whole mode: the part branch draws inside the request's mask, black known elsewhere "
+            "(request) | anywhere, its black background learned by its LoRA alone (free, the paper)",
+        )
         context: float = Field(2.0, gt=0, description="blended: crop side = context x mask bounding box")
         batch_size: int = Field(1, ge=1, description="training batch size (samples; two branches each)")
         lr: float = Field(1e-4, gt=0, description="learning rate of the LoRAs, shared attention and fusion")
         ti_lr: float = Field(5e-3, gt=0, description="learning rate of the object and defect tokens")
         lora_rank: int = Field(4, ge=0, description="rank of each branch's attention LoRA; 0 = no LoRA")
         lora_alpha: float | None = Field(None, description="LoRA alpha; default: = rank")
+        text_encoder_lora_rank: int = Field(
+            0, ge=0, description="rank of a LoRA on the text encoder's attention, trained with the branches; 0 = off"
+        )
         textual_inversion: bool = Field(True, description="learn rare tokens for {obj} and {defect}")
         init_word: str = Field("defect", description="initial value of the defect tokens")
         whole_prompt: str = Field("a {obj} with {defect}", description="whole-image branch prompt")
@@ -120,11 +131,13 @@ class DualAnoDiffGenerator(Generator):
             ti_lr=c.ti_lr,
             lora_rank=c.lora_rank,
             lora_alpha=c.lora_alpha,
+            text_encoder_lora_rank=c.text_encoder_lora_rank,
             textual_inversion=c.textual_inversion,
             init_word=c.init_word,
             shared_attention=c.shared_attention,
             background=c.background_compensation,
             whole=c.mode == "whole",
+            whole_part=c.whole_part,
             context=c.context,
             whole_prompt=c.whole_prompt,
             part_prompt=c.part_prompt,
@@ -161,12 +174,16 @@ class DualAnoDiffGenerator(Generator):
         self.train_losses = list(trainer.train())
         trainer.finish()
         comps = trainer.comps
-        for name in (EMBEDDINGS, BRANCHES, LAYERS):
+        for name in (EMBEDDINGS, BRANCHES, LAYERS, TEXT_LORA):
             (out_dir / name).unlink(missing_ok=True)
         if trainer.bank is not None:
             ti.save_embeddings(comps.text_encoder, trainer.bank, out_dir / EMBEDDINGS)
         if trainer.s.lora_rank > 0:
             br.save_branches(comps.unet, out_dir / BRANCHES, trainer.s.lora_rank, trainer.s.lora_alpha)
+        if trainer.s.text_encoder_lora_rank > 0:
+            br.save_text_adapter(
+                comps.text_encoder, out_dir / TEXT_LORA, trainer.s.text_encoder_lora_rank, trainer.s.lora_alpha
+            )
         layers = sa.processor_state_dict(comps.unet)
         if layers:
             save_file(layers, str(out_dir / LAYERS), metadata={"format": "anoaug-dual-layers"})
@@ -178,9 +195,11 @@ class DualAnoDiffGenerator(Generator):
             "learned": {
                 "textual_inversion": trainer.bank is not None,
                 "lora_rank": trainer.s.lora_rank,
+                "text_encoder_lora_rank": trainer.s.text_encoder_lora_rank,
                 "shared_attention": trainer.s.shared_attention,
                 "background_compensation": trainer.s.background,
                 "mode": self.settings.mode,
+                "whole_part": self.settings.whole_part,
             },
             "train": loss_record(self.train_losses),
         }
@@ -204,6 +223,8 @@ class DualAnoDiffGenerator(Generator):
             ti.load_embeddings(comps.tokenizer, comps.text_encoder, artifact_dir / EMBEDDINGS)
         if (artifact_dir / BRANCHES).is_file():
             br.load_branches(comps.unet, artifact_dir / BRANCHES)
+        if (artifact_dir / TEXT_LORA).is_file():
+            br.load_text_adapter(comps.text_encoder, artifact_dir / TEXT_LORA)
         learned = manifest.get("learned", {})
         model = DualUNet(comps, learned.get("shared_attention", "off"), bool(learned.get("background_compensation")))
         if (artifact_dir / LAYERS).is_file():
@@ -299,9 +320,13 @@ class DualAnoDiffGenerator(Generator):
         whole = cfg.mode == "whole"
         frames = [Frame.make(r.mask, cfg.resolution, whole, cfg.context) for r in reqs]
         views = [f.image(r.normal) for f, r in zip(frames, reqs, strict=True)]
-        vmasks = [
-            np.ones((cfg.resolution,) * 2, bool) if whole else f.mask(r.mask) for f, r in zip(frames, reqs, strict=True)
-        ]
+        request_masks = [f.mask(r.mask) for f, r in zip(frames, reqs, strict=True)]
+        everywhere = np.ones((cfg.resolution,) * 2, bool)
+        # where each branch draws: the whole branch everywhere (whole) or in the request mask (blended); the part
+        # branch in the request mask unless whole mode lets it draw anywhere (free)
+        vmasks = [everywhere if whole else m for m in request_masks]
+        part_free = whole and cfg.whole_part == "free"
+        pmasks = [everywhere if part_free else m for m in request_masks]
         prompts = [self.prompts_for(r.defect_type) for r in reqs]
         seeds = [_attempt_seed(int(r.seed), attempt) for r in reqs]
         guidance = cfg.guidance_scale
@@ -311,19 +336,24 @@ class DualAnoDiffGenerator(Generator):
         with torch.no_grad():
             images = cond.images_to_tensor(views, dev)
             masks = cond.masks_to_tensor(vmasks, dev)
+            part_masks = cond.masks_to_tensor(pmasks, dev)
             black = torch.full_like(images, -1.0)
             known = br.interleave(
                 cond.encode_latents(c.vae, images, sample=False), cond.encode_latents(c.vae, black, sample=False)
             )
-            blend = cond.latent_mask(masks, c.vae_scale_factor, dilate=0 if whole else cfg.mask_dilate)
-            blend = blend.repeat_interleave(2, dim=0)
+            blend = br.interleave(
+                cond.latent_mask(masks, c.vae_scale_factor, dilate=0 if whole else cfg.mask_dilate),
+                cond.latent_mask(part_masks, c.vae_scale_factor, dilate=0 if part_free else cfg.mask_dilate),
+            )
             lat_mask = masked = None
             if c.inpainting:
-                lat_mask = cond.latent_mask(masks, c.vae_scale_factor).repeat_interleave(2, dim=0)
+                lat_mask = br.interleave(
+                    cond.latent_mask(masks, c.vae_scale_factor), cond.latent_mask(part_masks, c.vae_scale_factor)
+                )
                 # as in training: the known part of each branch, the generated region set to 0
                 masked = br.interleave(
                     cond.encode_latents(c.vae, images * (1 - masks), sample=False),
-                    cond.encode_latents(c.vae, black * (1 - masks), sample=False),
+                    cond.encode_latents(c.vae, black * (1 - part_masks), sample=False),
                 )
             with autocast:
                 text = cond.tokenize(
@@ -351,18 +381,23 @@ class DualAnoDiffGenerator(Generator):
             maps: list[torch.Tensor] = []
             attention: list[torch.Tensor] = []  # per step: (rows, r, r) map averaged over the layers
 
+            # what does not change with the step: the guidance copies of the inpainting extras, the background's
+            # inpainting extras (all known) and text states
+            mask_rep = None if lat_mask is None else lat_mask.repeat(n, 1, 1, 1)
+            masked_rep = None if masked is None else masked.repeat(n, 1, 1, 1)
+            bg_known = None
+            if bg_lat is not None and c.inpainting:
+                bg_known = torch.cat([torch.zeros_like(bg_lat[:, :1]), bg_lat], dim=1)
+            bg_text = None if bg_states is None else bg_states.to(dtype)
+
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                x_in = model.extras(
-                    x.repeat(n, 1, 1, 1),
-                    None if lat_mask is None else lat_mask.repeat(n, 1, 1, 1),
-                    None if masked is None else masked.repeat(n, 1, 1, 1),
-                )
+                x_in = model.extras(x.repeat(n, 1, 1, 1), mask_rep, masked_rep)
                 bg = None
                 if bg_lat is not None:
                     noisy_bg = scheduler.add_noise(bg_lat, bg_noise, t.reshape(1).expand(bg_lat.shape[0]))
-                    if c.inpainting:
-                        noisy_bg = cond.unet_input(noisy_bg, torch.zeros_like(noisy_bg[:, :1]), bg_lat)
-                    bg = (noisy_bg.to(dtype), t, bg_states.to(dtype))
+                    if bg_known is not None:
+                        noisy_bg = torch.cat([noisy_bg, bg_known], dim=1)
+                    bg = (noisy_bg.to(dtype), t, bg_text)
                 with autocast:
                     pred = model(x_in.to(dtype), t, states, bg, token, maps).float()
                 if maps:
@@ -385,11 +420,11 @@ class DualAnoDiffGenerator(Generator):
         out = []
         for k, (f, r) in enumerate(zip(frames, reqs, strict=True)):
             whole_view, part_view = decoded[2 * k], decoded[2 * k + 1]
-            view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1, black_ref) & vmasks[k]
+            view_mask = pm.read_part_mask(part_view, cfg.part_threshold, 1, black_ref) & pmasks[k]
             if att is not None:
                 view_mask &= att[k] >= cfg.attention_threshold * max(float(att[k].max()), 1e-12)
             full_mask = f.paste_mask(view_mask)
-            if not whole:  # the part branch drew inside the request mask; resizing back may add a rim
+            if not part_free:  # the part branch drew inside the request mask; resizing back may add a rim
                 full_mask &= r.mask.astype(bool)
             full_mask = pm.read_part_mask(full_mask[..., None].astype(np.uint8) * 255, 127, cfg.min_part_area)
             out.append(

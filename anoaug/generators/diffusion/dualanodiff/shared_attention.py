@@ -35,15 +35,26 @@ SHARED_MODES: tuple[str, ...] = ("off", "position", "joint")
 
 @dataclass
 class DualContext:
-    """What one UNet call is: ``branches`` (2 = a ``(b f)`` dual batch) and the background pass."""
+    """What one UNet call is: ``branches`` (2 = a ``(b f)`` dual batch) and the background pass.
+
+    ``background``: ``write`` (a background-only pass storing each self-attention input in ``store``; it ends
+    with `BackgroundStored` once every fusion layer has stored, the rest of the UNet is not needed), ``read``
+    (the dual batch fusing what was stored), ``batched`` (one call: the first ``rows`` rows are the dual batch,
+    the rows after them the backgrounds, each fusion layer reads them in place), ``off``."""
 
     branches: int = 2
-    background: Literal["off", "write", "read"] = "off"
+    background: Literal["off", "write", "read", "batched"] = "off"
     store: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: int = 0  # batched: the number of dual rows before the background rows
+    stop_after: int = 0  # write: raise `BackgroundStored` once this many layers have stored (0 = never)
     # Cross-attention capture: per batch row the prompt token whose attention map is collected (None = off);
     # every cross-attention layer appends its head-averaged map (rows, N) to `maps`.
     token: torch.Tensor | None = None
     maps: list[torch.Tensor] = field(default_factory=list)
+
+
+class BackgroundStored(Exception):
+    """Raised by the last fusion layer of a ``write`` pass: what follows in the UNet is not needed."""
 
 
 class SharedAttention(nn.Module):
@@ -105,20 +116,33 @@ class DualAttnProcessor(nn.Module):
         dual: DualContext | None = None,
     ) -> torch.Tensor:
         source = encoder_hidden_states
+        rows = dual.rows if dual is not None and dual.background == "batched" else hidden_states.shape[0]
         if dual is not None and self.fusion is not None and encoder_hidden_states is None:
             if dual.background == "write":
                 dual.store[self.name] = hidden_states.detach()
+                if dual.stop_after and len(dual.store) >= dual.stop_after:
+                    raise BackgroundStored
             elif dual.background == "read":
-                bg = dual.store[self.name]
-                whole, part = hidden_states[0::2], hidden_states[1::2]
-                bg = bg.repeat(whole.shape[0] // bg.shape[0], 1, 1)
-                source = torch.stack([self.fusion(whole, bg), part], dim=1).flatten(0, 1)
+                source = self._fused(hidden_states, dual.store[self.name])
+            elif dual.background == "batched":  # background rows attend to themselves (source = their input)
+                bg = hidden_states[rows:]
+                source = torch.cat([self._fused(hidden_states[:rows], bg.detach()), bg])
         if dual is not None and dual.token is not None and attn.is_cross_attention and source is not None:
-            dual.maps.append(token_attention(attn, hidden_states, source, dual.token))
+            # all rows (the LoRA layers route every row of the call), the background rows' maps dropped
+            token = F.pad(dual.token, (0, hidden_states.shape[0] - rows))
+            dual.maps.append(token_attention(attn, hidden_states, source, token)[:rows])
         out = self.base(attn, hidden_states, source, attention_mask, temb)
         if dual is not None and dual.branches > 1 and self.shared is not None:
-            out = self.shared(out, dual.branches)
+            mixed = self.shared(out[:rows], dual.branches)
+            out = mixed if rows == out.shape[0] else torch.cat([mixed, out[rows:]])
         return out
+
+    def _fused(self, dual_rows: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+        """Key/value source of a ``(b f)`` batch: the whole rows fused with their background (the backgrounds
+        repeat over the guidance copies), the part rows unchanged."""
+        assert self.fusion is not None
+        whole, part = dual_rows[0::2], dual_rows[1::2]
+        return torch.stack([self.fusion(whole, bg), part], dim=1).flatten(0, 1)
 
 
 def token_attention(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

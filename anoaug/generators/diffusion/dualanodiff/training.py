@@ -10,6 +10,7 @@ branches, as the method trains it. The base UNet, VAE and text encoder stay froz
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,11 +42,13 @@ class DualTrainSettings:
     ti_lr: float = 5e-3
     lora_rank: int = 4
     lora_alpha: float | None = None
+    text_encoder_lora_rank: int = 0  # LoRA on the text encoder's attention (0 = off)
     textual_inversion: bool = True
     init_word: str = "defect"
     shared_attention: str = "position"
     background: bool = True
     whole: bool = False  # True: whole images; False: crops around the defect
+    whole_part: str = "request"  # whole: the part branch is given the defect mask (request) or not (free)
     context: float = 2.0
     whole_prompt: str = "a {obj} with {defect}"
     part_prompt: str = "{defect}"
@@ -74,11 +77,21 @@ def make_prompts(whole_template: str, part_template: str, obj: str, defect: str)
 
 
 class DualUNet:
-    """The frozen UNet with the branch adapters (added by the caller), the dual processors and the router."""
+    """The frozen UNet with the branch adapters (added by the caller), the dual processors and the router.
 
-    def __init__(self, comps: SDComponents, shared: str, background: bool) -> None:
+    Background compensation runs the background rows in the same UNet call as the two branches
+    (``background_pass="batched"``: one forward of dual + background rows; the background rows go through
+    the base model, self-attend to themselves, and each fusion layer reads their input in place). The
+    ``"separate"`` pass (a write pass through the base model that stops after the last fusion layer, then the
+    dual pass) computes the same thing with one more UNet call per step; it is kept as the reference."""
+
+    def __init__(self, comps: SDComponents, shared: str, background: bool, background_pass: str = "batched") -> None:
+        if background_pass not in ("batched", "separate"):
+            raise ValueError(f"background_pass must be batched or separate, got {background_pass!r}")
         self.comps, self.shared, self.background = comps, shared, background
+        self.background_pass = background_pass
         self.procs = sa.install(comps.unet, shared, background)  # type: ignore[arg-type]
+        self.fusion_layers = sum(p.fusion is not None for p in self.procs.values())
         self.router = br.BranchRouter(comps.unet)
 
     def extras(self, latents: torch.Tensor, mask: torch.Tensor | None, masked: torch.Tensor | None) -> Any:
@@ -95,23 +108,42 @@ class DualUNet:
         maps: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Model output of a ``(b f)`` dual batch; ``bg`` = (background UNet input, its timesteps, text states)
-        for background compensation (a write pass through the base model first); with ``token`` (prompt token
-        per row) every cross-attention layer appends that token's attention map to ``maps``."""
+        for background compensation; with ``token`` (prompt token per row) every cross-attention layer appends
+        that token's attention map to ``maps``."""
         import torch
 
         unet = self.comps.unet
-        ctx = sa.DualContext(branches=2, background="read" if bg is not None and self.background else "off")
-        if ctx.background == "read":
+        rows = x_in.shape[0]
+        use_bg = bg is not None and self.background and self.fusion_layers > 0
+        names = br.row_adapters(rows // 2)
+        ctx = sa.DualContext(branches=2)
+        if use_bg and self.background_pass == "batched":
             assert bg is not None
             x_bg, t_bg, s_bg = bg
+            n = x_bg.shape[0]
+            ctx = sa.DualContext(branches=2, background="batched", rows=rows)
+            x_in = torch.cat([x_in, x_bg.to(x_in.dtype)])
+            t = torch.cat([_per_row(t, rows), _per_row(t_bg, n).to(t.dtype)])
+            states = torch.cat([states, s_bg.to(states.dtype)])
+            names = names + br.row_adapters(n, dual=False)
+        elif use_bg:
+            assert bg is not None
+            x_bg, t_bg, s_bg = bg
+            ctx = sa.DualContext(branches=2, background="read")
             self.router.names = br.row_adapters(x_bg.shape[0], dual=False)
-            write = sa.DualContext(branches=1, background="write", store=ctx.store)
-            with torch.no_grad():
+            write = sa.DualContext(branches=1, background="write", store=ctx.store, stop_after=self.fusion_layers)
+            # every fusion layer has its input once BackgroundStored is raised: the rest of the pass is not needed
+            with torch.no_grad(), contextlib.suppress(sa.BackgroundStored):
                 unet(x_bg, t_bg, encoder_hidden_states=s_bg, cross_attention_kwargs={"dual": write})
         if token is not None:
             ctx.token, ctx.maps = token, maps if maps is not None else []
-        self.router.names = br.row_adapters(x_in.shape[0] // 2)
-        return unet(x_in, t, encoder_hidden_states=states, cross_attention_kwargs={"dual": ctx}).sample
+        self.router.names = names
+        return unet(x_in, t, encoder_hidden_states=states, cross_attention_kwargs={"dual": ctx}).sample[:rows]
+
+
+def _per_row(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Timesteps as a (n,) tensor (a scalar is repeated)."""
+    return t.reshape(-1).expand(n) if t.numel() == 1 else t.reshape(n)
 
 
 class DualTrainer:
@@ -146,9 +178,11 @@ class DualTrainer:
         }
         place(comps.vae, device, torch.float32)
         place(comps.unet, device, self.dtype)
-        place(comps.text_encoder, device, torch.float32 if self.bank is not None else self.dtype)
+        text_trained = self.bank is not None or settings.text_encoder_lora_rank > 0
+        place(comps.text_encoder, device, torch.float32 if text_trained else self.dtype)
         lora = br.add_branch_adapters(comps.unet, settings.lora_rank, settings.lora_alpha)
         self.model = DualUNet(comps, settings.shared_attention, settings.background)
+        text_lora = br.add_text_adapter(comps.text_encoder, settings.text_encoder_lora_rank, settings.lora_alpha)
         new_layers = sa.trainable_parameters(comps.unet)
         trainable = lora + new_layers
         for p in trainable:
@@ -164,6 +198,11 @@ class DualTrainer:
                     "weight_decay": 0.0,
                 }
             )
+        if text_lora:  # after make_trainable, which freezes the rest of the text encoder
+            for p in text_lora:
+                p.data = p.data.float()
+                p.requires_grad_(True)
+            groups.append({"params": text_lora, "lr": settings.lr, "weight_decay": 1e-2})
         self.optimizer = torch.optim.AdamW(groups) if groups else None
         gc = settings.gradient_checkpointing
         if gc is True or (gc == "auto" and device.type == "cuda"):
@@ -265,21 +304,27 @@ class DualTrainer:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Inpainting UNet extras per dual row: (latent mask, masked-image latents); (None, None) otherwise.
 
-        Whole images: everything is generated (mask 1, nothing known); crops: the defect mask, the image
-        outside it known (the part's known area is black)."""
+        Crops: the defect mask, the image outside it known (the part's known area is black). Whole images: the
+        whole branch generates everything (mask 1, nothing known); the part branch is given the defect mask
+        (its black outside known), as at generation where it draws inside the request's mask, unless
+        ``whole_part`` is free (mask 1: it must learn its black background from its LoRA alone)."""
         import torch
 
         c = self.comps
         if not c.inpainting:
             return None, None
+        whole_masks = part_masks = masks
         if self.s.whole:
-            masks = torch.ones_like(masks)
-        lat_mask = cond.latent_mask(masks, c.vae_scale_factor)
-        masked = br.interleave(
-            cond.encode_latents(c.vae, images * (1 - masks), sample=False),
-            cond.encode_latents(c.vae, parts * (1 - masks), sample=False),
+            whole_masks = torch.ones_like(masks)
+            part_masks = whole_masks if self.s.whole_part == "free" else masks
+        lat_mask = br.interleave(
+            cond.latent_mask(whole_masks, c.vae_scale_factor), cond.latent_mask(part_masks, c.vae_scale_factor)
         )
-        return lat_mask.repeat_interleave(2, dim=0), masked
+        masked = br.interleave(
+            cond.encode_latents(c.vae, images * (1 - whole_masks), sample=False),
+            cond.encode_latents(c.vae, parts * (1 - part_masks), sample=False),
+        )
+        return lat_mask, masked
 
     def background_input(self, noisy_bg: torch.Tensor, bg_latents: torch.Tensor) -> torch.Tensor:
         """The background pass's UNet input; an inpainting UNet is told the whole background is known."""

@@ -19,9 +19,18 @@ ADAPTER = "anoaug"
 FORMAT = "anoaug-lora"  # the file's format (metadata)
 
 
-def add_lora(unet: Any, rank: int, alpha: float | None = None, names: Sequence[str] = (ADAPTER,)) -> list[Any]:
-    """Inject a LoRA adapter of `rank` per name in `names` into every attention projection of `unet`; return
-    their parameters.
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP text encoder attention projections
+
+
+def add_lora(
+    unet: Any,
+    rank: int,
+    alpha: float | None = None,
+    names: Sequence[str] = (ADAPTER,),
+    targets: Sequence[str] = LORA_TARGETS,
+) -> list[Any]:
+    """Inject a LoRA adapter of `rank` per name in `names` into every attention projection (`targets`) of
+    `unet` (or of a CLIP text encoder with ``TEXT_LORA_TARGETS``); return their parameters.
 
     The adapters start as the identity (peft initialises B to zero); only their parameters require grad.
     """
@@ -35,11 +44,16 @@ def add_lora(unet: Any, rank: int, alpha: float | None = None, names: Sequence[s
             r=int(rank),
             lora_alpha=float(alpha if alpha is not None else rank),
             init_lora_weights=True,
-            target_modules=list(LORA_TARGETS),
+            target_modules=list(targets),
         )
         with warnings.catch_warnings():  # peft warns that a second adapter is added: named adapters are the point
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            unet.add_adapter(config, adapter_name=name)
+            if targets == TEXT_LORA_TARGETS:  # transformers' own add_adapter wants a newer peft: peft's injector
+                from peft import inject_adapter_in_model
+
+                inject_adapter_in_model(config, unet, adapter_name=name)
+            else:
+                unet.add_adapter(config, adapter_name=name)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
