@@ -194,3 +194,27 @@ def test_older_arm_records_read_the_generation_record_of_their_shards(tmp_path: 
     new = {**old, "generator": "crop-paste", "variant": "cp-sharp", "generator_params": {"feather": 1}}
     assert arm_record(new) == new  # a record with the fields is used as it is
     assert arm_record({**old, "source": str(tmp_path / "missing")})["generator"] == "cp-sharp"
+
+
+def test_extra_images_are_read_back_and_drawn_beside_image_and_mask(tmp_path: Path) -> None:
+    from anoaug.report.build import _extras_grid
+    from anoaug.shards.reader import iter_samples
+    from anoaug.shards.writer import encode_sample, write_shard
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    part = np.zeros_like(img)
+    part[4:8, 4:8] = img[4:8, 4:8]
+    mask = part.any(axis=2)
+    samples = [encode_sample(f"c_{i:06d}", i, img, mask, {"defect_type": "crack"}, {"part": part}) for i in range(3)]
+    for d in ("with", "plain"):
+        (tmp_path / d).mkdir()
+    write_shard(tmp_path / "with" / "x-000000.tar", samples)
+    write_shard(tmp_path / "plain" / "x-000000.tar", [encode_sample("crack_000000", 0, img, mask, {})])
+    read = list(iter_samples(tmp_path / "with"))
+    assert [sorted(s.extras) for s in read] == [["part"]] * 3 and np.array_equal(read[0].extras["part"], part)
+    assert list(iter_samples(tmp_path / "plain"))[0].extras == {}
+    sheet = _extras_grid(str(tmp_path / "with"), "dualanodiff", tmp_path / "sheet.png")
+    assert sheet is not None and sheet.stat().st_size > 0
+    assert _extras_grid(str(tmp_path / "plain"), "sd", tmp_path / "none.png") is None
+    assert _extras_grid(None, "real-few", tmp_path / "none.png") is None

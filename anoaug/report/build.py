@@ -198,6 +198,40 @@ def _write_csv(path: Path, runs: list[RunResult], dataset: str, category: str) -
             w.writerow([dataset, category, r.model, r.arm, r.seed, r.implementation, *vals, f"{r.seconds:.2f}"])
 
 
+def _extras_grid(source: str | None, arm: str, path: Path, per_type: int = 2) -> Path | None:
+    """A contact sheet of an arm's shards (``per_type`` samples of each defect type, the first ones) with
+    their extra images beside image and mask; None when the arm has no shards or they carry no extras."""
+    from anoaug.shards.reader import iter_samples
+
+    if not source or not Path(source).is_dir():
+        return None
+    chosen: list[Any] = []
+    counts: dict[str, int] = {}
+    try:
+        for s in iter_samples(Path(source)):
+            if not s.extras:
+                return None  # every sample of a generator carries the same extras, or none
+            t = str(s.meta.get("defect_type"))
+            if counts.get(t, 0) < per_type:
+                counts[t] = counts.get(t, 0) + 1
+                chosen.append(s)
+            if len(chosen) >= 8:
+                break
+    except AnoaugError:
+        return None
+    if not chosen:
+        return None
+    names = sorted(chosen[0].extras)
+    return figures.sample_grid(
+        np.stack([s.image for s in chosen]),
+        np.stack([s.mask for s in chosen]),
+        np.array([s.meta.get("defect_type") for s in chosen]),
+        f"synthetic training pairs: {arm}, with the generator's {', '.join(names)} image(s)",
+        path,
+        extras={n: np.stack([s.extras[n] for s in chosen]) for n in names},
+    )
+
+
 def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> dict[str, str]:
     figs: dict[str, Path | None] = {}
     fig_dir = out / "figures"
@@ -253,6 +287,15 @@ def _figures(run_dir: Path, out: Path, report: Report, arm_order: list[str]) -> 
         figs[f"samples_{name}"] = figures.sample_grid(
             s["images"], s["masks"], s["defect_types"], title, fig_dir / f"samples_{name}.png"
         )
+    # Arms whose generator writes extra images (dualanodiff's part): image, extras, mask, from the shards.
+    drawn: set[str] = set()
+    for a in report.arms:
+        if a.get("source") in drawn:  # a '+real' arm shares its producer's shards
+            continue
+        drawn.add(a.get("source"))
+        grid = _extras_grid(a.get("source"), str(a["name"]), fig_dir / f"samples_{a['name']}_extras.png")
+        if grid is not None:
+            figs[f"samples_{a['name']}_extras"] = grid
     # Confusion matrices of the defect-type classifier (summed over seeds).
     for arm in arm_order:
         cms = [r for r in report.runs if r.model == "classifier" and r.arm == arm and r.confusion_matrix]

@@ -70,16 +70,26 @@ def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def sample_grid(images: np.ndarray, masks: np.ndarray, types: np.ndarray, title: str, path: Path) -> Path | None:
-    """Rows of (image, mask, overlay)."""
+def sample_grid(
+    images: np.ndarray,
+    masks: np.ndarray,
+    types: np.ndarray,
+    title: str,
+    path: Path,
+    extras: dict[str, np.ndarray] | None = None,
+) -> Path | None:
+    """Rows of (image, each extra image, mask, overlay); ``extras``: a generator's extra images per sample
+    (dualanodiff's ``part``), name -> (N, H, W, 3)."""
     n = min(len(images), 8)
     if n == 0:
         return None
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    extras = extras or {}
+    cols = 3 + len(extras)
+    fig, axes = plt.subplots(n, cols, figsize=(2 * cols, 2 * n), squeeze=False)
     for i in range(n):
-        for ax, im, name in zip(
-            axes[i], (images[i], masks[i], _overlay(images[i], masks[i])), ("image", "mask", "overlay"), strict=True
-        ):
+        panels = [(images[i], "image"), *((a[i], name) for name, a in extras.items())]
+        panels += [(masks[i], "mask"), (_overlay(images[i], masks[i]), "overlay")]
+        for ax, (im, name) in zip(axes[i], panels, strict=True):
             ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1 if im.ndim == 2 else None)
             ax.set_axis_off()
             if i == 0:

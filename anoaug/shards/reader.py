@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class ShardSample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray  # (H, W) bool
     meta: dict[str, Any]  # the lineage record (category, defect_type, generator, artifact_hash, ...)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # a generator's extra images (``part``), decoded
 
 
 def shard_files(shard_dir: str | Path) -> list[Path]:
@@ -64,4 +65,9 @@ def iter_samples(shard_dir: Path) -> Iterator[ShardSample]:
             image=decode_image(s[IMAGE_EXT], "a shard image"),
             mask=decode_mask(s[MASK_EXT], "a shard mask"),
             meta=json.loads(s[META_EXT]),
+            extras={
+                ext[: -len(".png")]: decode_image(data, f"the shard image {ext}")
+                for ext, data in sorted(s.items())
+                if ext.endswith(".png") and ext not in (IMAGE_EXT, MASK_EXT)
+            },
         )
