@@ -298,6 +298,9 @@ def test_ablation_spec_loads_with_its_variants() -> None:
     modes = {n: v.params.get("attention_reweighting", "off") for n, v in spec.variants.items()}
     assert modes["ad-reweight-paper"] == "paper" and modes["ad-reweight-code"] == "code"
     assert spec.variants["ad-no-spatial"].params["spatial_tokens"] == 0
+    learned = spec.variants["ad-learned-masks"]  # learned vs bank masks: the same params, its own masks
+    assert learned.params == spec.generator.params and spec.masks_for("ad-learned-masks").source == "learned"
+    assert spec.masks.source == "bank" and "ad-learned-masks" in spec.producers()
     assert {"crop-paste", "sd-base", "anomalydiffusion"} <= set(spec.producers())
     for v in spec.variants.values():
         check_generator_params(v.generator, v.params)
