@@ -23,11 +23,13 @@ the rows re-weighted at each UNet level are found once per sampling run (per dil
 form), the weight map once per step and level, the text keys / values once per layer and run. ``paper``
 multiplies probabilities without renormalising, so its change is the rank-k correction
 ``out' = out + W_out (sum_j (w - 1) p_j v_j)`` over the k placeholder columns j, added to the library's output
-(``W_out``: the output projection without its bias; rows outside the mask get exactly 0). ``code`` changes
-the softmax normaliser per head, so its rows are recomputed (all rows of the conditional items in one batched
-product) and written back only inside the region. ``ReweightingAttnProcessor.rows_recomputed`` is the
-straightforward per-row computation (the reference the fast path is tested against; also used with an
-attention mask).
+(``W_out``: the output projection without its bias; rows outside the mask get exactly 0), the sum computed by
+torch's fused attention kernel with the other columns' values zeroed. ``code`` changes the softmax normaliser
+per head, so its rows are recomputed (the rows any conditional item re-weights, in one batched product) and
+written back only inside each item's region. Either way one more softmax normaliser over those rows and all
+text columns is the floor: the library's kernel exposes neither its probabilities nor its normaliser.
+``ReweightingAttnProcessor.rows_recomputed`` is the straightforward per-row computation (the reference the fast
+path is tested against; also used with an attention mask).
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
     ) -> torch.Tensor:
         """`out` (the library's output) corrected on the re-weighted rows, batched over the conditional items:
         the paper form as a rank-k correction over the placeholder columns, the code form by recomputing the
-        items' rows with scaled logits (see the module doc); both through torch's fused attention kernel."""
+        items' rows with scaled logits (see the module doc)."""
         level = reweight.level(hidden_states.shape[1])
         if level is None:
             return out
