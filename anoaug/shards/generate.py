@@ -611,8 +611,9 @@ def generate_category(
             gen_name, art_dir, synthesizer, spec, data, split, kind, types, run_seed, lineage, batch, masks_spec
         )
         missing = [j for j in range(len(ranges)) if j not in manifest.shards]
-        if missing and synthesizer is None and masks_spec.source == "learned":
-            # Learn (or read from the cache) the learned masks once here, not in each worker process.
+        if missing and synthesizer is None and own_masks is not None and masks_spec.source == "learned":
+            # A variant's own learned masks (no masks stage learned them): learned (or read from the cache) once
+            # here, not in each worker process.
             from anoaug.masks.learned.source import learned_source
 
             learned_source(data, split, masks_spec, run_seed)
