@@ -140,10 +140,27 @@ class GeneratorSection(Section):
 
 
 class VariantSection(Section):
-    """A named producer for ablations: a registered generator with its own params."""
+    """A named producer for ablations: a registered generator with its own params (and, optionally, masks)."""
 
     generator: str = Field(description="Registered generator this variant runs.")
     params: dict[str, Any] = Field(default_factory=dict, description="Its settings (over the generator's defaults).")
+    masks: dict[str, Any] | None = Field(
+        default=None,
+        description="Its own masks settings, merged over the run's `masks` section for this producer's generation "
+        "only (e.g. {source: learned}); None = the run's masks.",
+    )
+
+    @field_validator("masks")
+    @classmethod
+    def _masks_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Keys and values as the masks section checks them (all its fields have defaults, so a partial
+        override validates on its own; the merged section is checked again in ``PipelineSpec``)."""
+        if v is not None:
+            try:
+                MasksSection.model_validate(v)
+            except ValidationError as exc:
+                raise ValueError(_format_validation_error(exc)) from None
+        return v
 
 
 class GenerationSection(Section):
@@ -301,6 +318,15 @@ class PipelineSpec(Section):
                 )
         return v
 
+    @model_validator(mode="after")
+    def _variant_masks_merge(self) -> PipelineSpec:
+        for name in self.variants:
+            try:
+                self.masks_for(name)
+            except ValidationError as exc:
+                raise ValueError(f"variants.{name}.masks over masks: {_format_validation_error(exc)}") from None
+        return self
+
     # --- producers: who generates an arm's shards ---------------------------------------------------
 
     def producer(self, name: str) -> tuple[str, dict[str, Any]]:
@@ -312,6 +338,19 @@ class PipelineSpec(Section):
         if name == self.generator.name:
             return name, dict(self.generator.params)
         return name, {}
+
+    def masks_for(self, name: str | None) -> MasksSection:
+        """The masks section producer ``name`` generates with: the run's ``masks``, with a variant's own
+        ``masks`` merged over it (mappings merge, other values replace); the run's for any other producer."""
+        variant = self.variants.get(name) if name is not None else None
+        if variant is None or variant.masks is None:
+            return self.masks
+        return MasksSection.model_validate(deep_merge(self.masks.model_dump(mode="json"), variant.masks))
+
+    def variant_masks(self, name: str | None) -> dict[str, Any] | None:
+        """A variant's own ``masks`` override (None for a producer without one)."""
+        variant = self.variants.get(name) if name is not None else None
+        return None if variant is None or variant.masks is None else dict(variant.masks)
 
     def uses_base_model(self, name: str) -> bool:
         """True when producer ``name`` runs on the base model pretrained on this run (``model: base``)."""

@@ -130,6 +130,38 @@ def test_processor_changes_only_placeholder_columns_inside_the_mask(mode: str) -
         assert not torch.allclose(ratio[..., 2:4], others[..., :2], rtol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["paper", "code"])
+@pytest.mark.parametrize("layout", ["cfg", "scattered", "residual"])
+def test_fast_path_equals_the_row_by_row_computation(mode: str, layout: str) -> None:
+    """The batched path (rank-k correction for paper, batched rows for code) = the reference per-row recomputation
+    to fp tolerance, and bit for bit the default processor outside the re-weighted rows."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    torch.manual_seed(1)
+    extra = {"residual_connection": True, "rescale_output_factor": 2.0} if layout == "residual" else {}
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8, **extra).eval()
+    n = 4 if layout == "cfg" else 3
+    hidden, context = torch.randn(n, 16, 16), torch.randn(n, 6, 8)
+    region = (torch.rand(n, 1, 4, 4) > 0.5).float()
+    weight = torch.where(region > 0, 1.0 + torch.rand(n, 1, 4, 4), torch.ones(n, 1, 4, 4))
+    columns = torch.zeros(n, 6, dtype=torch.bool)
+    conditional = [2, 3] if layout == "cfg" else [0, 2]  # classifier-free guidance: the second half
+    columns[conditional[0], 2:4] = True
+    columns[conditional[1], 3:5] = True
+    proc = rw.ReweightingAttnProcessor()
+    with torch.no_grad():
+        default = AttnProcessor2_0()(attn, hidden, context)
+        fast = proc(attn, hidden, context, reweight=rw.Reweight(weight, region, columns, mode))
+        reference = proc.rows_recomputed(
+            attn, hidden, context, None, default.clone(), rw.Reweight(weight, region, columns, mode)
+        )
+    rows = rw.Reweight(weight, region, columns, mode).at(16)[0]
+    assert rows.any() and not rows[[i for i in range(n) if i not in conditional]].any()
+    assert torch.equal(fast[~rows], default[~rows]) and torch.equal(reference[~rows], default[~rows])
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+    assert (fast[rows] - default[rows]).abs().amax(dim=-1).min() > 1e-6
+
+
 def test_weight_maps_follow_their_formulas() -> None:
     known = torch.zeros(1, 4, 8, 8)
     mask = torch.zeros(1, 1, 8, 8)
@@ -266,6 +298,9 @@ def test_ablation_spec_loads_with_its_variants() -> None:
     modes = {n: v.params.get("attention_reweighting", "off") for n, v in spec.variants.items()}
     assert modes["ad-reweight-paper"] == "paper" and modes["ad-reweight-code"] == "code"
     assert spec.variants["ad-no-spatial"].params["spatial_tokens"] == 0
+    learned = spec.variants["ad-learned-masks"]  # learned vs bank masks: the same params, its own masks
+    assert learned.params == spec.generator.params and spec.masks_for("ad-learned-masks").source == "learned"
+    assert spec.masks.source == "bank" and "ad-learned-masks" in spec.producers()
     assert {"crop-paste", "sd-base", "anomalydiffusion"} <= set(spec.producers())
     for v in spec.variants.values():
         check_generator_params(v.generator, v.params)

@@ -339,11 +339,13 @@ def stage_split(spec: PipelineSpec, root: str | Path, run_dir: str | Path, force
 # --- masks ------------------------------------------------------------------------------------------
 
 
-def masks_section(spec: PipelineSpec) -> dict[str, Any]:
+def masks_section(spec: PipelineSpec, producer: str | None = None) -> dict[str, Any]:
     """The masks section as fingerprinted: ``masks.learned`` only counts when ``source: learned`` (so tuning
-    it never invalidates bank runs, whose keys stay what they were before the learned source existed)."""
-    learned = spec.masks.source == "learned"
-    return spec.masks.model_dump(mode="json", exclude=None if learned else {"learned"})
+    it never invalidates bank runs, whose keys stay what they were before the learned source existed). With
+    ``producer``: that producer's masks (a variant's own ``masks`` merged over the run's, ``spec.masks_for``)."""
+    masks = spec.masks_for(producer)
+    learned = masks.source == "learned"
+    return masks.model_dump(mode="json", exclude=None if learned else {"learned"})
 
 
 def masks_fingerprint(spec: PipelineSpec, split: StageResult, base: StageResult | None = None) -> str:
@@ -393,25 +395,41 @@ def stage_masks(
 PRETRAIN_MODEL_DIR = "model"
 
 
-def masks_use_base_model(spec: PipelineSpec) -> bool:
-    """True when the run's masks are learned on the base model (``masks.source: learned``, ``model: base``)."""
-    return spec.masks.source == "learned" and spec.masks.learned.model == BASE_MODEL
+def masks_use_base_model(spec: PipelineSpec, producer: str | None = None) -> bool:
+    """True when the run's masks (with ``producer``: that producer's, a variant's own ``masks`` merged over
+    the run's) are learned on the base model (``masks.source: learned``, ``model: base``)."""
+    masks = spec.masks_for(producer)
+    return masks.source == "learned" and masks.learned.model == BASE_MODEL
 
 
 def needs_base_model(spec: PipelineSpec) -> bool:
-    """True when some producer of the run, or the learned masks, have ``model: base`` (then the pretrain
-    stage runs first, before the masks stage)."""
-    return masks_use_base_model(spec) or any(spec.uses_base_model(name) for name in spec.producers())
+    """True when some producer of the run, the run's learned masks, or a variant's own learned masks have
+    ``model: base``. The pretrain stage then runs before the masks stage when the run's masks need it, else
+    after it (a variant's masks are learned in its generate stage, after pretrain)."""
+    names = spec.producers()
+    return (
+        masks_use_base_model(spec)
+        or any(spec.uses_base_model(name) for name in names)
+        or any(masks_use_base_model(spec, name) for name in names)
+    )
 
 
-def with_base_masks(spec: PipelineSpec, base: StageResult | None) -> PipelineSpec:
-    """``spec`` with ``masks.learned.model: base`` replaced by the pretrain stage's model folder (a copy)."""
-    if not masks_use_base_model(spec):
+def with_base_masks(spec: PipelineSpec, base: StageResult | None, producer: str | None = None) -> PipelineSpec:
+    """``spec`` with ``masks.learned.model: base`` replaced by the pretrain stage's model folder (a copy): in
+    the run's masks, and with ``producer`` in that variant's own masks too."""
+    if not (masks_use_base_model(spec) or (producer is not None and masks_use_base_model(spec, producer))):
         return spec
     if base is None:
-        raise SpecError("masks.learned.model is base, but no pretrain stage ran for it", spec.source)
+        where = f"variant '{producer}': " if not masks_use_base_model(spec) else ""
+        raise SpecError(f"{where}masks.learned.model is base, but no pretrain stage ran for it", spec.source)
     out = spec.model_copy(deep=True)
-    out.masks.learned.model = str(base.path("model"))
+    model = str(base.path("model"))
+    if out.masks.learned.model == BASE_MODEL:
+        out.masks.learned.model = model
+    own = out.variants[producer].masks if producer in out.variants else None
+    learned = own.get("learned") if own is not None else None
+    if isinstance(learned, dict) and learned.get("model") == BASE_MODEL:
+        learned["model"] = model
     return out
 
 
@@ -480,21 +498,22 @@ def generate_fingerprint(
     base: StageResult | None = None,
 ) -> str:
     """The producer's generator + params (spec.producer; planned steps included, the time cap not) +
-    generation and masks sections + seed + split and masks hashes (+ the pretrained base model's hash when
-    the producer runs on ``model: base``)."""
+    generation section + the producer's masks section (a variant's own ``masks`` merged over the run's; the
+    run's unchanged without one) + seed + split and masks hashes (+ the pretrained base model's hash when
+    the producer or its learned masks run on ``model: base``)."""
     generator, params = spec.producer(producer)
     parts: list[Any] = [
         "generate",
         generator,
         without_cap(params),
         spec.generation.model_dump(mode="json", exclude={"workers", "encode_threads"}),  # speed only, not bytes
-        masks_section(spec),
+        masks_section(spec, producer),
         spec.dataset.kind,
         spec.seed,
         split.content_hash,
         masks.content_hash if masks is not None else None,
     ]
-    if spec.uses_base_model(producer) or masks_use_base_model(spec):
+    if spec.uses_base_model(producer) or masks_use_base_model(spec) or masks_use_base_model(spec, producer):
         parts.append({"base_model": base.content_hash if base is not None else None})
     return fingerprint(*parts)
 
@@ -516,7 +535,7 @@ def stage_generate(
         from anoaug.shards import generate_category
 
         summary = generate_category(
-            with_base_masks(with_base_model(spec, producer, base), base),
+            with_base_masks(with_base_model(spec, producer, base), base, producer),
             _read_data(spec, root),
             _read_split(split),
             producer,
@@ -535,6 +554,7 @@ def stage_generate(
         info = {
             "generator": summary.generator,
             "variant": producer if producer in spec.variants else None,
+            "masks_source": spec.masks_for(producer).source,
             "artifact_hash": summary.artifact_hash,
             "total": summary.total,
             "written": summary.written,

@@ -74,7 +74,7 @@ from anoaug.shards.writer import (
     tmp_path,
     write_shard,
 )
-from anoaug.spec import PipelineSpec
+from anoaug.spec import MasksSection, PipelineSpec
 
 ProgressFn = Callable[[int, "int | None"], None]  # (advance, total), as anoaug.pipeline.stages.ProgressFn
 
@@ -176,9 +176,14 @@ def _run_config(
     split: SplitManifest,
     kind: str,
     artifact: str | None,
+    masks: MasksSection | None = None,
+    variant_masks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that decides the samples' bytes; a resume must match it exactly."""
+    """Everything that decides the samples' bytes; a resume must match it exactly. ``masks``: the producer's
+    masks section (default the run's); ``variant_masks``: a variant's own masks override, recorded only when
+    there is one (so the records of other runs stay what they were)."""
     normals = split.rows("train_normal")
+    extra = {"variant_masks": variant_masks} if variant_masks is not None else {}
     return {
         "format_version": FORMAT_VERSION,
         "dataset": data.dataset,
@@ -191,11 +196,12 @@ def _run_config(
         "count_per_type": count_per_type,
         "seed": seed,
         "shard_size": shard_size,
-        "masks": spec.masks.model_dump(mode="json"),
+        "masks": (masks or spec.masks).model_dump(mode="json"),
         "kind": kind,
         "split_seed": split.seed,
         "normals": sorted(r["sha256"] for r in normals),
         "gen_train_defects": sorted(r["sha256"] for r in split.rows("gen_train_defect")),
+        **extra,
     }
 
 
@@ -419,6 +425,7 @@ class _ContextBuilder:
     seed: int
     lineage: dict[str, Any]
     batch_size: int
+    masks: MasksSection  # the producer's masks section (spec.masks_for)
 
     def __call__(self) -> _Context:
         gen = get_generator(self.generator_name).load(self.artifact_dir)
@@ -426,7 +433,7 @@ class _ContextBuilder:
         if synth is None:
             from anoaug.masks.sources import make_synthesizer
 
-            synth = make_synthesizer(self.data, self.split, self.spec.masks, self.kind, self.seed)
+            synth = make_synthesizer(self.data, self.split, self.masks, self.kind, self.seed)
         normals = sorted(self.split.rows("train_normal"), key=lambda r: r["relpath"])
         return _Context(
             gen, synth, self.data.root, normals, self.defect_types, self.seed, self.lineage, self.batch_size
@@ -460,7 +467,9 @@ def generate_category(
 
     ``generator_name`` names a producer: a registered generator or one of the spec's variants; its generator
     and params come from ``spec.producer`` (generator.artifact applies to the spec's own generator only), and
-    the run record names the variant (``"variant"``, null for a plain generator).
+    the run record names the variant (``"variant"``, null for a plain generator). Masks come from the
+    producer's masks section (``spec.masks_for``: a variant's own ``masks`` merged over the run's); a variant
+    with its own masks has them recorded as ``"variant_masks"`` in the run record and in each sample's lineage.
     Unset arguments come from the spec (generator.name, generation.*, seed). Resumes an
     interrupted run with the same arguments; a directory written with other arguments needs
     ``overwrite=True``. ``synthesizer`` replaces the spec's mask synthesizer (tests, custom masks).
@@ -472,6 +481,7 @@ def generate_category(
     producer = generator_name or spec.generator.name
     gen_name, params = spec.producer(producer)
     variant = producer if producer in spec.variants else None
+    masks_spec, own_masks = spec.masks_for(producer), spec.variant_masks(producer)
     gen_cls = get_generator(gen_name)  # unknown name: GeneratorError listing the available ones
     n_per_type = int(count_per_type if count_per_type is not None else spec.generation.count_per_type)
     run_seed = int(seed if seed is not None else spec.seed)
@@ -514,7 +524,7 @@ def generate_category(
         ext_artifact = Path(given_artifact).resolve() if given_artifact else None
         config = _run_config(
             spec, data, gen_name, variant, params, types, n_per_type, run_seed, size, split, kind,
-            str(ext_artifact) if ext_artifact else None,
+            str(ext_artifact) if ext_artifact else None, masks_spec, own_masks,
         )  # fmt: skip
         run_path = out / RUN_FILE
         old = _read_run(run_path)
@@ -563,7 +573,7 @@ def generate_category(
             if generator is None or resume_fit:
                 from anoaug.masks.foreground import extract_foreground
 
-                fg_spec = spec.masks.foreground
+                fg_spec = masks_spec.foreground
                 generator = _fit(
                     gen_cls, params, data, split, kind, out, run_seed,
                     foreground_fn=functools.partial(extract_foreground, spec=fg_spec, kind=kind), resume=resume_fit,
@@ -595,10 +605,18 @@ def generate_category(
             "seed": run_seed,
             "format_version": FORMAT_VERSION,
         }
+        if own_masks is not None:
+            lineage["variant_masks"] = own_masks
         builder = _ContextBuilder(
-            gen_name, art_dir, synthesizer, spec, data, split, kind, types, run_seed, lineage, batch
+            gen_name, art_dir, synthesizer, spec, data, split, kind, types, run_seed, lineage, batch, masks_spec
         )
         missing = [j for j in range(len(ranges)) if j not in manifest.shards]
+        if missing and synthesizer is None and own_masks is not None and masks_spec.source == "learned":
+            # A variant's own learned masks (no masks stage learned them): learned (or read from the cache) once
+            # here, not in each worker process.
+            from anoaug.masks.learned.source import learned_source
+
+            learned_source(data, split, masks_spec, run_seed)
         written = 0
         choice = WorkerChoice(requested, 1, usable_cores(), "nothing left to generate")
         if missing:

@@ -14,9 +14,22 @@ Two forms are offered (``attention_reweighting``):
 
 The weights reach the UNet through diffusers' ``cross_attention_kwargs`` (``{"reweight": Reweight}``) and a
 processor installed with ``unet.set_attn_processor`` on the cross-attention layers only. The processor
-subclasses ``AttnProcessor2_0`` and first computes the library's output; only the rows it re-weights are
-recomputed with explicit attention probabilities (SDPA exposes none), so every other row is bit-for-bit the
-default processor's output. No library offers weighted attention maps, hence the few lines here.
+subclasses ``AttnProcessor2_0`` and first computes the library's output; only the conditional items (those with
+placeholder columns) get a correction, so every other row is bit-for-bit the default processor's output. No
+library offers weighted attention maps, hence the few lines here.
+
+Cost (the re-weighting runs at every step in every re-weighted layer, so it is kept to a few tensor ops):
+the rows re-weighted at each UNet level are found once per sampling run (per dilation radius for the code
+form), the weight map once per step and level, the text keys / values once per layer and run. ``paper``
+multiplies probabilities without renormalising, so its change is the rank-k correction
+``out' = out + W_out (sum_j (w - 1) p_j v_j)`` over the k placeholder columns j, added to the library's output
+(``W_out``: the output projection without its bias; rows outside the mask get exactly 0), the sum computed by
+torch's fused attention kernel with the other columns' values zeroed. ``code`` changes the softmax normaliser
+per head, so its rows are recomputed (the rows any conditional item re-weights, in one batched product) and
+written back only inside each item's region. Either way one more softmax normaliser over those rows and all
+text columns is the floor: the library's kernel exposes neither its probabilities nor its normaliser.
+``ReweightingAttnProcessor.rows_recomputed`` is the straightforward per-row computation (the reference the fast
+path is tested against; also used with an attention mask).
 """
 
 from __future__ import annotations
@@ -50,26 +63,82 @@ class Reweight:
     region: torch.Tensor
     columns: torch.Tensor
     mode: str
-    kv_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    kv_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    region_key: Any = None  # rows depend only on this (with the level): reused across steps when not None
+    static: dict[Any, Any] = field(default_factory=dict, repr=False)  # the sampling run's cache (Reweighter)
     _levels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     _plans: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
+    _fast: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def _size(self, seq_len: int) -> tuple[int, int]:
+        """The (h, w) of a UNet level whose attention has `seq_len` query rows."""
+        h, w = self.weight.shape[-2:]
+        for k in range(8):  # the UNet halves the latent (ceil) at each level
+            s = 2**k
+            hh, ww = math.ceil(h / s), math.ceil(w / s)
+            if hh * ww == seq_len:
+                return hh, ww
+        raise ValueError(f"attention length {seq_len} is no downsampling of the {h}x{w} latent")
+
+    def _rows(self, seq_len: int) -> torch.Tensor:
+        """(B, S) bool: the rows re-weighted at this level (inside the region, items with placeholder columns);
+        computed once per run and region when ``region_key`` is set."""
+        key = ("rows", seq_len, self.region_key)
+        rows = self.static.get(key) if self.region_key is not None else None
+        if rows is None:
+            region = F.adaptive_max_pool2d(self.region.float(), self._size(seq_len)).flatten(1) > 0
+            rows = region & self.columns.any(dim=1, keepdim=True)
+            if self.region_key is not None:
+                self.static[key] = rows
+        return rows
+
+    def items(self) -> tuple[torch.Tensor, slice | torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(items (I,): those with placeholder columns, the same as a slice when contiguous, their placeholder
+        column indices (I, P) or None when they hold different numbers of them, their columns (I, 1, 1, L));
+        once per run."""
+        if "items" not in self.static:
+            items = self.columns.any(dim=1).nonzero().squeeze(1)
+            where: slice | torch.Tensor = items
+            if len(items) and int(items[-1] - items[0]) + 1 == len(items):
+                where = slice(int(items[0]), int(items[-1]) + 1)
+            cols = self.columns[items]
+            counts = cols.sum(dim=1)
+            idx = None
+            if len(items) and bool((counts == counts[0]).all()):
+                idx = cols.nonzero()[:, 1].view(len(items), int(counts[0]))
+            self.static["items"] = (items, where, idx, cols[:, None, None, :])
+        return self.static["items"]
+
+    def level(self, seq_len: int) -> tuple[slice | torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """At this level, for the items: (the rows any of them re-weights, (R,) index or a slice when all; each
+        item's own rows among them (I, 1, R, 1) bool; their weights (I, 1, R, 1), exactly 1 off the own rows);
+        the rows once per run and region, the weights once per step; None when no row is re-weighted."""
+        if seq_len not in self._fast:
+            items = self.items()[0]
+            key = ("level", seq_len, self.region_key)
+            static = self.static.get(key) if self.region_key is not None else None
+            if static is None:
+                rows = self._rows(seq_len)[items]  # (I, S)
+                static = False
+                if len(items) and bool(rows.any()):
+                    union = rows.any(dim=0)
+                    idx: slice | torch.Tensor = slice(None) if bool(union.all()) else union.nonzero().squeeze(1)
+                    static = (idx, rows[:, idx])
+                if self.region_key is not None:
+                    self.static[key] = static
+            out = None
+            if static:
+                idx, own = static
+                weight = F.adaptive_avg_pool2d(self.weight[items].float(), self._size(seq_len)).flatten(1)[:, idx]
+                out = (idx, own[:, None, :, None], torch.where(own, weight, 1.0)[:, None, :, None])
+            self._fast[seq_len] = out
+        return self._fast[seq_len]
 
     def at(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows (B, S) bool, weight (B, S)) for a UNet level whose attention has `seq_len` query rows."""
         if seq_len not in self._levels:
-            h, w = self.weight.shape[-2:]
-            size = None
-            for k in range(8):  # the UNet halves the latent (ceil) at each level
-                s = 2**k
-                hh, ww = math.ceil(h / s), math.ceil(w / s)
-                if hh * ww == seq_len:
-                    size = (hh, ww)
-                    break
-            if size is None:
-                raise ValueError(f"attention length {seq_len} is no downsampling of the {h}x{w} latent")
-            weight = F.adaptive_avg_pool2d(self.weight.float(), size).flatten(1)
-            region = F.adaptive_max_pool2d(self.region.float(), size).flatten(1) > 0
-            rows = region & self.columns.any(dim=1, keepdim=True)
+            weight = F.adaptive_avg_pool2d(self.weight.float(), self._size(seq_len)).flatten(1)
+            rows = self._rows(seq_len)
             self._levels[seq_len] = (rows, torch.where(rows, weight, torch.ones_like(weight)))
         return self._levels[seq_len]
 
@@ -141,6 +210,83 @@ class ReweightingAttnProcessor(AttnProcessor2_0):
         if plain:
             return out
         assert reweight is not None
+        if attention_mask is None and reweight.items()[2] is not None:  # the usual case (no text attention mask)
+            return self.fast(attn, hidden_states, encoder_hidden_states, out, reweight)
+        return self.rows_recomputed(attn, hidden_states, encoder_hidden_states, attention_mask, out, reweight)
+
+    @staticmethod
+    def fast(
+        attn: Attention, hidden_states: torch.Tensor, states: torch.Tensor, out: torch.Tensor, reweight: Reweight
+    ) -> torch.Tensor:
+        """`out` (the library's output) corrected on the re-weighted rows, batched over the conditional items:
+        the paper form as a rank-k correction over the placeholder columns, the code form by recomputing the
+        items' rows with scaled logits (see the module doc)."""
+        level = reweight.level(hidden_states.shape[1])
+        if level is None:
+            return out
+        idx, rows, row_weight = level  # rows (R,); (I, 1, R, 1) each
+        items, at, cols, col_mask = reweight.items()
+        assert cols is not None
+        if isinstance(at, slice):  # where the re-weighted rows of the items are in the batch
+            where: tuple[Any, Any] = (at, idx)
+        else:
+            where = (items, idx) if isinstance(idx, slice) else (items[:, None], idx[None, :])
+        hidden = hidden_states[where]  # (I, R, C): only rows some item re-weights are computed
+        b, n, heads = len(items), hidden.shape[1], attn.heads
+        # Keys and values of the (fixed) text states are the same at every step: computed once per layer and run.
+        key = ("fast", id(attn), states.data_ptr())
+        if key not in reweight.kv_cache:
+            context = states[at]
+            if attn.norm_cross:
+                context = attn.norm_encoder_hidden_states(context)
+            k, v = attn.to_k(context), attn.to_v(context)
+            d = k.shape[-1] // heads
+            k = k.view(b, -1, heads, d).transpose(1, 2).contiguous()  # (I, h, L, d)
+            v = v.view(b, -1, heads, d).transpose(1, 2).contiguous()
+            if reweight.mode == "paper":  # the values of the placeholder columns only (zero elsewhere)
+                extra = (v * col_mask.view(b, 1, -1, 1).to(v.dtype)).contiguous()
+            else:  # the keys transposed, for the logits
+                extra = (k.float() if attn.upcast_attention else k).transpose(-1, -2).contiguous()
+            reweight.kv_cache[key] = (k, v, extra)
+        k, v, extra = reweight.kv_cache[key]
+        q = attn.to_q(hidden).view(b, n, heads, -1).transpose(1, 2)  # (I, h, S, d)
+        if reweight.mode == "paper":
+            # sum_j p_j v_j over the placeholder columns = attention with the other columns' values zeroed (the
+            # library's fused kernel, no explicit probabilities); times (w - 1), exactly 0 outside the rows.
+            part = F.scaled_dot_product_attention(q, k, extra, scale=attn.scale)
+            delta = (part * (row_weight - 1).to(part.dtype)).transpose(1, 2).reshape(b, n, -1)
+            proj = attn.to_out[0]
+            if isinstance(proj, torch.nn.Linear):
+                corr = F.linear(delta, proj.weight)  # the projection is linear: W (o + delta) + b = out + W delta
+            else:  # a wrapped projection (e.g. a LoRA): its bias removed, rows outside kept exactly 0
+                corr = torch.where(rows[:, 0], proj(delta) - proj.bias, 0.0)
+            if attn.rescale_output_factor != 1.0:
+                corr = corr / attn.rescale_output_factor
+            out[where] += corr.to(out.dtype)
+            return out
+        # Logits times w on the placeholder columns, then the softmax: explicit (no kernel takes a logit scale).
+        factor = torch.where(col_mask, row_weight, 1.0)  # (I, 1, R, L)
+        logits = torch.matmul(q.float() if attn.upcast_attention else q, extra) * attn.scale
+        logits = logits.float() if attn.upcast_softmax else logits
+        o = torch.matmul((logits * factor.to(logits.dtype)).softmax(dim=-1).to(v.dtype), v)
+        sub = attn.to_out[1](attn.to_out[0](o.transpose(1, 2).reshape(b, n, -1)))
+        if attn.residual_connection:
+            sub = sub + hidden
+        sub = sub / attn.rescale_output_factor
+        out[where] = torch.where(rows[:, 0], sub.to(out.dtype), out[where])
+        return out
+
+    @staticmethod
+    def rows_recomputed(
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        out: torch.Tensor,
+        reweight: Reweight,
+    ) -> torch.Tensor:
+        """`out` with the re-weighted rows recomputed one by one from explicit attention probabilities (the
+        reference computation; bit-for-bit the library's output on every other row)."""
         plan = reweight.plan(hidden_states.shape[1], attn.heads)
         if plan is None:
             return out
@@ -230,11 +376,17 @@ def code_weights(
     t: int,
     max_weight: float = 1.5,
     strength: float = 1.0,
+    dilated: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, dilated mask): ``1 / ||x_t - y_t||`` over the mask dilated by `code_radius`, divided by its mean
-    there and clamped to ``[1, max_weight]``; 1 outside the dilated mask."""
+    there and clamped to ``[1, max_weight]``; 1 outside the dilated mask. ``dilated`` caches the dilated masks
+    per radius (a sampling run visits a few radii only)."""
     r = code_radius(t, min(mask.shape[-2:]))
-    region = F.max_pool2d(mask.float(), 2 * r + 1, stride=1, padding=r) if r > 0 else mask.float()
+    region = dilated.get(r) if dilated is not None else None
+    if region is None:
+        region = F.max_pool2d(mask.float(), 2 * r + 1, stride=1, padding=r) if r > 0 else mask.float()
+        if dilated is not None:
+            dilated[r] = region
     inside = region > 0.5
     inv = 1.0 / ((x_t.float() - noised_known.float()).pow(2).sum(dim=1, keepdim=True).sqrt() + _EPS)
     mean = (inv * inside).sum(dim=(1, 2, 3), keepdim=True) / inside.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
@@ -271,22 +423,30 @@ class Reweighter:
         self.alphas = scheduler.alphas_cumprod.to(known.device, torch.float32)
         self.prediction = scheduler.config.prediction_type
         self.x0_hat: torch.Tensor | None = None
-        self.kv_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: keys / values of the states
+        self.kv_cache: dict[Any, Any] = {}  # per layer: keys / values of the states
+        self.static: dict[Any, Any] = {}  # rows per level and region, items: the same at every step
+        self.dilated: dict[int, torch.Tensor] = {}  # the code form's dilated masks per radius
+        self.regions: dict[int, torch.Tensor] = {}  # the same, repeated over the UNet batch
 
-    def _batch(self, weight: torch.Tensor, region: torch.Tensor) -> Reweight:
+    def _batch(self, weight: torch.Tensor, region: torch.Tensor, region_key: Any) -> Reweight:
         rep = [self.copies, 1, 1, 1]
-        return Reweight(weight.repeat(*rep), region.repeat(*rep), self.columns, self.mode, self.kv_cache)
+        if region_key not in self.regions:
+            self.regions[region_key] = region.repeat(*rep)
+        return Reweight(
+            weight.repeat(*rep), self.regions[region_key], self.columns, self.mode, self.kv_cache, region_key,
+            self.static,
+        )  # fmt: skip
 
     def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> Reweight | None:
         """This step's re-weighting (None at the paper form's first step: no x0 prediction yet)."""
         if self.mode == "paper":
             if self.x0_hat is None:
                 return None
-            return self._batch(paper_weights(self.x0_hat, self.known, self.mask, self.strength), self.mask)
+            return self._batch(paper_weights(self.x0_hat, self.known, self.mask, self.strength), self.mask, -1)
         ti = int(t)
         noised = self.scheduler.add_noise(self.known, self.noise, t.reshape(1).expand(self.known.shape[0]))
-        weight, region = code_weights(x_t, noised, self.mask, ti, self.max_weight, self.strength)
-        return self._batch(weight, region)
+        weight, region = code_weights(x_t, noised, self.mask, ti, self.max_weight, self.strength, self.dilated)
+        return self._batch(weight, region, code_radius(ti, min(self.mask.shape[-2:])))
 
     def observe(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> None:
         """Record the x0 this step predicts (used by the paper form at the next step)."""
