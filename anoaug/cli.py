@@ -220,19 +220,39 @@ def demo_data_cmd(
             "cut by the border), with true object masks in <out>/.object_masks.",
         ),
     ] = False,
+    train_good: Annotated[
+        int | None,
+        typer.Option("--train-good", min=1, help="Normal training images per category (default 36; photographic 12)."),
+    ] = None,
+    test_good: Annotated[
+        int | None,
+        typer.Option("--test-good", min=0, help="Normal test images per category (default 12; photographic 4)."),
+    ] = None,
+    per_defect: Annotated[
+        int | None,
+        typer.Option("--per-defect", min=1, help="Test images per defect type (default 9; photographic 4)."),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option("--size", min=64, max=2048, help="Image side in pixels (default 256; photographic 128)."),
+    ] = None,
 ) -> None:
     """Write the embedded procedural demo dataset (fabric, cap); nothing is downloaded."""
     from rich.markup import escape
 
     from anoaug.data.demo import CATEGORIES, make_demo_dataset
 
+    given = {"n_train_good": train_good, "n_test_good": test_good, "n_per_defect": per_defect, "size": size}
+    counts: dict[str, int] = {k: v for k, v in given.items() if v is not None}  # unset: the maker's default
     if photographic:
         from anoaug.data.photographic import PHOTO_CATEGORIES, make_photographic_dataset
 
         CATEGORIES = PHOTO_CATEGORIES  # noqa: N806 - the category table the lines below print from
-        written = make_photographic_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
+        written = make_photographic_dataset(
+            out_dir, seed=seed, categories=category or None, overwrite=overwrite, **counts
+        )
     else:
-        written = make_demo_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite)
+        written = make_demo_dataset(out_dir, seed=seed, categories=category or None, overwrite=overwrite, **counts)
     for name in written:
         cat = out_dir / name
         train = len(list((cat / "train" / "good").glob("*.png")))

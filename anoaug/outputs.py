@@ -36,7 +36,7 @@ class OutputError(AnoaugError):
     """An output location cannot be used: inside the input, an existing file, unwritable or full."""
 
 
-def _inside(a: Path, b: Path) -> bool:
+def is_inside(a: Path, b: Path) -> bool:
     """True when ``a`` is ``b`` or below it (both resolved)."""
     return a == b or b in a.parents
 
@@ -57,7 +57,7 @@ def check_out(
     resolved = path.resolve()
     for src in inputs:
         root = Path(src).expanduser().resolve()
-        if _inside(resolved, root):
+        if is_inside(resolved, root):
             raise OutputError(
                 f"refusing to write inside the input dataset {root} ({option}); choose a folder outside it",
                 path,

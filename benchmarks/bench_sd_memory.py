@@ -1,12 +1,25 @@
-"""Memory and speed of `diffusion-sd` at Stable Diffusion 1.5 scale, on random weights (nothing downloaded).
+"""Memory and speed of the SD-family generators at Stable Diffusion 1.5 scale, on random weights (nothing downloaded).
 
     python benchmarks/bench_sd_memory.py [--resolutions 256 512] [--steps 3] [--sample-steps 30] [--full-size]
+        [--only sd anomalydiffusion dualanodiff adabldm] [--adapt-steps 20]
 
 Builds a UNet2DConditionModel / AutoencoderKL / CLIP text encoder with the SD 1.5 configs (860M / 84M /
 123M parameters) and random weights, then measures with the generator's own training code
 (`sd.training.SDTrainer`: textual inversion + LoRA rank 4, batch 1, bf16) the peak memory and seconds per
 step at each resolution with gradient checkpointing off and on, and seconds per image of blended sampling
 (`diffusion-sd` generate, 30 DDIM steps, guidance on). Goal on CUDA: <= 12 GB peak at 256 px for LoRA+TI.
+
+The other SD-family generators, each with its own trainer and generate on the same components:
+
+* `anomalydiffusion`: k = 4 anomaly tokens per type + the spatial mask encoder (4 tokens), base frozen (no
+  LoRA), checkpointing off / on; sampling with attention re-weighting off and `paper`.
+* `dualanodiff`: the dual trainer (`bench_dualanodiff.bench_sd15_memory`: two LoRA r4 branches, shared
+  attention, background compensation; goal <= 16 GB at 512 px).
+* `adabldm`: the trimap ControlNet branch (`ControlNetModel.from_unet` over the UNet: a trainable copy of its
+  encoder, ~360M parameters at SD 1.5 scale) trained alone by `adabldm.training.BranchTrainer` with the base
+  frozen, checkpointing off / on (the benchmark switches it on for the UNet and the branch: the trainer has no
+  setting for it); sampling = multi-stage T1/T2/T3 (26/20/5) with the branch + decoder adaptation per image
+  (`--adapt-steps` iterations of a fp32 decoder copy).
 
 On CUDA the figures are real (peak = torch.cuda.max_memory_allocated). On CPU the script says so and runs
 one step at a reduced size (widths / 8, 64 px, fp32 unless --full-size) with peak = the process's max RSS:
@@ -185,6 +198,141 @@ def bench_sampling(res: int, sample_steps: int, shrink: int, precision: str, dev
     return {"peak_gb": peak.gb, "s_per_image": per_image}
 
 
+def _timed(step: Any, steps: int, device: Any) -> float:
+    """Seconds per call of `step` over `steps` calls (CUDA synchronised)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def _release(device: Any) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _object_trimap(mask: np.ndarray) -> np.ndarray:
+    """uint8 trimap of `mask` on an object filling the image but a 4 px border (no foreground model needed)."""
+    from anoaug.masks.synthesis import make_trimap
+
+    obj = np.zeros_like(mask, bool)
+    obj[4:-4, 4:-4] = True
+    return make_trimap(mask, obj | mask)
+
+
+def _fit_data(n: int, size: int) -> Any:
+    from anoaug.generators import FitData
+
+    return FitData("widget", "object", defects(n, size), [], foreground_fn=lambda im: np.ones(im.shape[:2], bool))
+
+
+def bench_ad_training(res: int, checkpointing: bool, steps: int, shrink: int, precision: str, device: Any) -> dict:
+    """Peak memory and s/step of `anomalydiffusion` training (its trainer, built by the generator)."""
+    _release(device)  # the previous case's models
+    from anoaug.generators import get_generator
+
+    comps = build_components(shrink, device)
+    params = {"model": "<random sd1.5-shaped>", "resolution": res, "mixed_precision": precision,
+              "gradient_checkpointing": checkpointing}  # fmt: skip
+    gen = get_generator("anomalydiffusion")(params)
+    gen._load_base = lambda: comps  # the random SD 1.5-shaped components instead of a model folder
+    with Peak(device) as peak:
+        trainer = gen.make_trainer(_fit_data(2, res * 2), seed=0)
+        trainer.step()  # warm-up
+        per_step = _timed(trainer.step, steps, device)
+    return {"peak_gb": peak.gb, "s_per_step": per_step}
+
+
+def bench_ad_sampling(res: int, sample_steps: int, reweighting: str, shrink: int, precision: str, device: Any,
+                      n: int = 2) -> dict:  # fmt: skip
+    """Seconds per image of `anomalydiffusion` generate (untrained tokens and encoder: the cost is the same)."""
+    _release(device)  # the previous case's models
+    from anoaug.generators import GenerationRequest, get_generator
+
+    comps = build_components(shrink, device)
+    params = {"model": "<random sd1.5-shaped>", "resolution": res, "num_inference_steps": sample_steps,
+              "mixed_precision": precision, "generation_batch_size": n,
+              "attention_reweighting": reweighting}  # fmt: skip
+    gen = get_generator("anomalydiffusion")(params)
+    gen._load_base = lambda: comps
+    trainer = gen.make_trainer(_fit_data(2, res * 2), seed=0)
+    trainer.finish()
+    gen._vocab = trainer.vocab
+    gen._ready(comps, trainer.encoder, trainer.prompts, "widget", trainer.dtype)
+    reqs = [GenerationRequest(normal=d.image, mask=d.mask, defect_type="scratch", seed=i)
+            for i, d in enumerate(defects(n, res * 2))]  # fmt: skip
+    gen.generate(reqs[:1])  # warm-up
+    with Peak(device) as peak:
+        per_image = _timed(lambda: gen.generate(reqs), 1, device) / n
+    return {"peak_gb": peak.gb, "s_per_image": per_image}
+
+
+def _controlnet(comps: Any) -> Any:
+    from anoaug.generators.diffusion.adabldm.control import build_controlnet
+    from anoaug.generators.diffusion.sd.training import seeded_init
+
+    with seeded_init(0):
+        return build_controlnet(comps.unet, comps.vae_scale_factor)
+
+
+def bench_adabldm_training(res: int, checkpointing: bool, steps: int, shrink: int, precision: str,
+                           device: Any) -> dict:  # fmt: skip
+    """Peak memory and s/step of training the trimap ControlNet branch (`BranchTrainer`, base frozen)."""
+    _release(device)  # the previous case's models
+    from anoaug.generators.diffusion.adabldm.control import trimap_levels
+    from anoaug.generators.diffusion.adabldm.training import BranchSettings, BranchTrainer, Example
+
+    comps = build_components(shrink, device)
+    controlnet = _controlnet(comps)
+    if checkpointing:
+        comps.unet.enable_gradient_checkpointing()
+        controlnet.enable_gradient_checkpointing()
+    examples = [Example(d.image, d.mask, trimap_levels(_object_trimap(d.mask)), d.defect_type, "real")
+                for d in defects(2, res * 2)]  # fmt: skip
+    settings = BranchSettings(resolution=res, batch_size=1, mixed_precision=precision)
+    with Peak(device) as peak:
+        trainer = BranchTrainer(comps, controlnet, examples, "widget", settings, device, seed=0)
+        trainer.step()  # warm-up (`train` would freeze the branch at its end)
+        per_step = _timed(trainer.step, steps, device)
+    return {"peak_gb": peak.gb, "s_per_step": per_step}
+
+
+def bench_adabldm_sampling(res: int, sample_steps: int, adapt_steps: int, shrink: int, precision: str,
+                           device: Any, n: int = 2) -> dict:  # fmt: skip
+    """Seconds per image of `adabldm` generate: branch on, multi-stage 26/20/5, decoder adaptation per image."""
+    _release(device)  # the previous case's models
+    from anoaug.generators import GenerationRequest, get_generator
+
+    comps = build_components(shrink, device)
+    controlnet = _controlnet(comps)
+    params = {"model": "<random sd1.5-shaped>", "resolution": res, "num_inference_steps": sample_steps,
+              "mixed_precision": precision, "generation_batch_size": n, "decoder_adaptation": "per_image",
+              "adaptation_steps": adapt_steps}  # fmt: skip
+    gen = get_generator("adabldm")(params)
+    gen._device = device
+    gen._ready(comps, controlnet, "widget", "object")
+    reqs = [GenerationRequest(d.image, d.mask, "scratch", i, _object_trimap(d.mask))
+            for i, d in enumerate(defects(n, res * 2))]  # fmt: skip
+    gen.generate(reqs[:1])  # warm-up
+    with Peak(device) as peak:
+        per_image = _timed(lambda: gen.generate(reqs), 1, device) / n
+    return {"peak_gb": peak.gb, "s_per_image": per_image}
+
+
+CASES = ("sd", "anomalydiffusion", "dualanodiff", "adabldm")
+
+
 def main() -> None:
     import torch
 
@@ -193,6 +341,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per configuration")
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--full-size", action="store_true", help="on CPU too: SD 1.5 widths and the given resolutions")
+    ap.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="generators to measure")
+    ap.add_argument("--adapt-steps", type=int, default=20, help="adabldm: decoder adaptation iterations per image")
     args = ap.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -207,18 +357,46 @@ def main() -> None:
         print("; peak = process max RSS (includes everything loaded so far)")
     else:
         print(f"device: {torch.cuda.get_device_name(0)}; bf16; SD 1.5 shapes, random weights")
-    print(f"{'what':<34}{'res':>5}{'grad ckpt':>10}{'peak GB':>10}{'seconds':>12}")
-    for res in resolutions:
-        for ckpt in (False, True):
-            r = bench_training(res, ckpt, steps, shrink, precision, device)
-            note = ""
-            if cuda and res == 256:
-                note = "  (goal <= 12 GB: " + ("met)" if r["peak_gb"] <= GOAL_GB_256 else "NOT met)")
-            line = f"{'train TI + LoRA r4, batch 1':<34}{res:>5}{'on' if ckpt else 'off':>10}"
-            print(f"{line}{r['peak_gb']:>10.2f}{r['s_per_step']:>9.3f}/st{note}", flush=True)
-        r = bench_sampling(res, args.sample_steps, shrink, precision, device)
-        line = f"{f'blended sampling, {args.sample_steps} steps, CFG':<34}{res:>5}{'-':>10}"
-        print(f"{line}{r['peak_gb']:>10.2f}{r['s_per_image']:>9.3f}/im", flush=True)
+    ss = args.sample_steps
+
+    def row(what: str, res: int, ckpt: bool | None, r: dict, note: str = "") -> None:
+        col = "-" if ckpt is None else "on" if ckpt else "off"
+        per, unit = (r["s_per_step"], "/st") if "s_per_step" in r else (r["s_per_image"], "/im")
+        print(f"{what:<44}{res:>5}{col:>10}{r['peak_gb']:>10.2f}{per:>9.3f}{unit}{note}", flush=True)
+
+    print(f"{'what':<44}{'res':>5}{'grad ckpt':>10}{'peak GB':>10}{'seconds':>12}")
+    if "sd" in args.only:
+        print("diffusion-sd")
+        for res in resolutions:
+            for ckpt in (False, True):
+                r = bench_training(res, ckpt, steps, shrink, precision, device)
+                note = ""
+                if cuda and res == 256:
+                    note = "  (goal <= 12 GB: " + ("met)" if r["peak_gb"] <= GOAL_GB_256 else "NOT met)")
+                row("  train TI + LoRA r4, batch 1", res, ckpt, r, note)
+            row(f"  blended sampling, {ss} steps, CFG", res, None, bench_sampling(res, ss, shrink, precision, device))
+    if "anomalydiffusion" in args.only:
+        print("anomalydiffusion")
+        for res in resolutions:
+            for ckpt in (False, True):
+                row("  train 4 tokens/type + spatial enc., batch 1", res, ckpt,
+                    bench_ad_training(res, ckpt, steps, shrink, precision, device))  # fmt: skip
+            for mode in ("off", "paper"):
+                r = bench_ad_sampling(res, ss, mode, shrink, precision, device)
+                row(f"  sampling, {ss} steps, re-weighting {mode}", res, None, r)
+    if "adabldm" in args.only:
+        print("adabldm")
+        for res in resolutions:
+            for ckpt in (False, True):
+                row("  train trimap ControlNet, batch 1", res, ckpt,
+                    bench_adabldm_training(res, ckpt, steps, shrink, precision, device))  # fmt: skip
+            r = bench_adabldm_sampling(res, ss, args.adapt_steps, shrink, precision, device)
+            row(f"  multi-stage {ss} steps + adapt. {args.adapt_steps}/im", res, None, r)
+    if "dualanodiff" in args.only:
+        print("dualanodiff")
+        from bench_dualanodiff import bench_sd15_memory
+
+        bench_sd15_memory(args.resolutions, args.steps)  # reduces itself on a CPU, as above
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ FLOW_TINY = [
     "--set", "evaluation.epochs=1",
     "--set", "evaluation.image_size=64",
     "--set", "evaluation.batch_size=8",
+    "--set", "evaluation.steps_per_epoch=2",  # the demo spec's 25 trains for its figures; the flow tests need none
+    "--set", "evaluation.widths=[8, 16]",
 ]  # fmt: skip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

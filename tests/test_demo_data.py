@@ -243,3 +243,27 @@ def test_small_sizes_work(tmp_path: Path, size: int) -> None:
         masks = sorted((tmp_path / cat / "ground_truth").rglob("*_mask.png"))
         assert len(masks) == 8
         assert all(np.asarray(Image.open(m)).max() == 255 for m in masks)
+
+
+def test_cli_demo_data_counts_and_size(tmp_path: Path) -> None:
+    """--train-good / --test-good / --per-defect / --size reach both dataset makers; bad values exit 2 naming the
+    option, before anything is written."""
+    from anoaug.data.photographic import PHOTO_CATEGORIES
+
+    runner = CliRunner()
+    counts = ["--train-good", "2", "--test-good", "0", "--per-defect", "1", "--size", "64"]
+    plain = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "-c", "cap", *counts])
+    assert plain.exit_code == 0, plain.output
+    assert "cap: 2 train good, 0 test good, 1 scratch, 1 crack" in plain.output
+    assert Image.open(tmp_path / "d" / "cap" / "train" / "good" / "001.png").size == (64, 64)
+
+    photo = runner.invoke(app, ["demo-data", str(tmp_path / "p"), "--photographic", "-c", "washers", *counts])
+    assert photo.exit_code == 0, photo.output
+    defects = ", ".join(f"1 {d}" for d in PHOTO_CATEGORIES["washers"])
+    assert f"washers: 2 train good, 0 test good, {defects}" in photo.output
+    assert Image.open(tmp_path / "p" / "washers" / "train" / "good" / "000.png").size == (64, 64)
+
+    for option, value in (("--train-good", "0"), ("--test-good", "-1"), ("--per-defect", "0"), ("--size", "32")):
+        bad = runner.invoke(app, ["demo-data", str(tmp_path / "bad"), "-c", "cap", option, value])
+        assert bad.exit_code == 2 and option in bad.output, bad.output
+        assert not (tmp_path / "bad").exists()

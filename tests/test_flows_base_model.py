@@ -35,6 +35,8 @@ SD_TINY = [
     "--set", "evaluation.epochs=1",
     "--set", "evaluation.image_size=64",
     "--set", "evaluation.batch_size=8",
+    "--set", "evaluation.steps_per_epoch=2",
+    "--set", "evaluation.widths=[8, 16]",
 ]  # fmt: skip
 
 

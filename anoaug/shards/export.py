@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from anoaug.errors import AnoaugError
+from anoaug.outputs import is_inside
 from anoaug.png import encode_png
 from anoaug.shards.format import RUN_FILE, SHARDS_MANIFEST, check_type_keys, slug
 from anoaug.shards.reader import iter_samples
@@ -80,11 +81,6 @@ def _read_run(shard_dir: Path) -> dict[str, Any]:
     return run
 
 
-def _within(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or below it (both resolved)."""
-    return a == b or b in a.parents
-
-
 def _looks_like_dataset(path: Path) -> str | None:
     """Why ``path`` is (part of) a dataset, or None: a category folder, a dataset root or a generation dir."""
     from anoaug.data.formats import FORMATS
@@ -112,7 +108,7 @@ def check_out_dir(out: Path, shard_dir: Path, normals_root: Path | None = None) 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError("already exists and is not empty; export into a new folder", out)
     for what, other in (("the shard directory", shard_dir), ("the --normals dataset", normals_root)):
-        if other is not None and (_within(out_r, other.resolve()) or _within(other.resolve(), out_r)):
+        if other is not None and (is_inside(out_r, other.resolve()) or is_inside(other.resolve(), out_r)):
             raise ExportError(f"refusing to export inside (or around) {what} {other}", out)
     for parent in out_r.parents:
         why = _looks_like_dataset(parent)

@@ -44,7 +44,7 @@ from anoaug.generators.base import (
 )
 from anoaug.hashing import sha256_file
 from anoaug.jsonable import to_jsonable
-from anoaug.outputs import die_with_parent, exclusive_lock
+from anoaug.outputs import die_with_parent, exclusive_lock, is_inside
 from anoaug.shards.format import (
     ARTIFACT_DIR,
     FORMAT_VERSION,
@@ -124,16 +124,12 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def _inside(a: Path, b: Path) -> bool:
-    return a == b or b in a.parents
-
-
 def check_output_dir(out_dir: Path, data_root: Path) -> None:
     """Refuse an output directory inside the input dataset (or containing it)."""
     out, root = out_dir.resolve(), data_root.resolve()
-    if _inside(out, root):
+    if is_inside(out, root):
         raise ShardError(f"refusing to write generated samples inside the input dataset {root}", out_dir)
-    if _inside(root, out):
+    if is_inside(root, out):
         raise ShardError(f"refusing to write into a directory that contains the input dataset {root}", out_dir)
 
 
