@@ -53,6 +53,10 @@ class PretrainSettings(Settings):
     vae_ema_decay: float = Field(
         0.998, ge=0, lt=1, description="EMA of the VAE weights (the exported VAE); 0 = the last weights"
     )
+    vae_l2_weight: float = Field(0.0, ge=0, description="weight of a squared-error term beside the L1 (PSNR's loss)")
+    vae_zoom_prob: float | None = Field(
+        None, ge=0, le=1, description="zoom_prob of the VAE's training crops; None: zoom_prob (as the UNet's)"
+    )
 
     # Text encoder (CLIP, trained with the UNet) and tokenizer (local vocabulary)
     text_width: int = Field(64, ge=8)
@@ -117,6 +121,11 @@ class PretrainSettings(Settings):
     @property
     def vae_factor(self) -> int:
         return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def vae_zoom(self) -> float:
+        """The zoom probability of the VAE's training crops (``vae_zoom_prob``, else ``zoom_prob``)."""
+        return self.zoom_prob if self.vae_zoom_prob is None else self.vae_zoom_prob
 
     @property
     def unet_factor(self) -> int:
