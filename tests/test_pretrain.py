@@ -262,6 +262,20 @@ def test_random_masks_mix_full_and_partial_masks() -> None:
     assert np.array_equal(masks, random_masks(200, 32, np.random.default_rng(0), full_prob=0.3))
 
 
+def test_vae_l2_term_adds_the_squared_error_and_vae_zoom_prob_overrides_zoom_prob() -> None:
+    from anoaug.generators.diffusion.pretrain.vae import build_vae, vae_loss
+
+    torch.manual_seed(0)
+    vae = build_vae((8, 8), 1, 4, 16)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain, p0 = vae_loss(vae, x, torch.Generator().manual_seed(0), 0.0, 0.0)
+    with_l2, p3 = vae_loss(vae, x, torch.Generator().manual_seed(0), 0.0, 0.0, l2_weight=3.0)
+    assert "l2" not in p0 and p3["l2"] > 0 and p3["l1"] == pytest.approx(p0["l1"])
+    assert float(with_l2 - plain) == pytest.approx(3.0 * p3["l2"], rel=1e-4)
+    assert PretrainSettings(zoom_prob=0.3, vae_zoom_prob=None).vae_zoom == 0.3
+    assert PretrainSettings(zoom_prob=0.3, vae_zoom_prob=0.1).vae_zoom == 0.1
+
+
 def test_changed_settings_leak_and_bad_output_are_clear_errors(tiny_sources, tmp_path: Path) -> None:
     from anoaug.evaluation.protocol import LeakageError
 

@@ -253,8 +253,10 @@ class BaseModelTrainer:
 
         s = self.s
         self.vae.train()
-        crops, _ = crop_batch(self.normals.train, s.vae_batch_size, s.resolution, self.rng, s.zoom_prob)
-        loss, _ = vae_mod.vae_loss(self.vae, self._images(crops), self.gen, s.ssim_weight, s.kl_weight)
+        crops, _ = crop_batch(self.normals.train, s.vae_batch_size, s.resolution, self.rng, s.vae_zoom)
+        loss, _ = vae_mod.vae_loss(
+            self.vae, self._images(crops), self.gen, s.ssim_weight, s.kl_weight, l2_weight=s.vae_l2_weight
+        )
         if not torch.isfinite(loss):
             raise PretrainError(f"VAE loss is {loss.item()} at step {self.state['steps']['vae']} (lower vae_lr?)")
         self.vae_opt.zero_grad(set_to_none=True)
@@ -462,7 +464,11 @@ class BaseModelTrainer:
                 if held
                 else f"{len(self.eval_images)} crops of training images (no category has 2+ normal training images)"
             ),
-            "vae_loss": f"L1 + {s.ssim_weight} x (1 - SSIM) + {s.kl_weight} x KL; no perceptual or adversarial term",
+            "vae_loss": (
+                "L1"
+                + (f" + {s.vae_l2_weight} x L2" if s.vae_l2_weight > 0 else "")
+                + f" + {s.ssim_weight} x (1 - SSIM) + {s.kl_weight} x KL; no perceptual or adversarial term"
+            ),
             "vae_weights": f"EMA, decay {s.vae_ema_decay}" if s.vae_ema_decay > 0 else "last step",
             "prompt_templates": list(text_mod.TEMPLATES),
             "reserved_tokens": text_mod.reserved_words(s.reserved_tokens),

@@ -1,12 +1,12 @@
 """The VAE of a pretrained base model: a diffusers `AutoencoderKL` trained from scratch on normal crops.
 
-Loss: L1 reconstruction + ``ssim_weight`` x (1 - SSIM) + ``kl_weight`` x KL (per latent element, relative
-to the per-pixel L1, as in the LDM autoencoders). Stable Diffusion's VAE also uses an LPIPS perceptual
-loss and a patch discriminator; no pretrained perceptual network exists offline, so the structural
-(SSIM, torchmetrics) term stands in for it and there is no adversarial term: reconstructions are a bit
-softer than SD's, which PSNR on held-out normal crops measures. After training, the latent
-``scaling_factor`` is set to 1 / std of the training latents (SD: 0.18215), so the UNet sees unit-variance
-latents.
+Loss: L1 reconstruction (+ ``vae_l2_weight`` x squared error) + ``ssim_weight`` x (1 - SSIM) + ``kl_weight``
+x KL (per latent element, relative to the per-pixel L1, as in the LDM autoencoders). Stable Diffusion's VAE
+also uses an LPIPS perceptual loss and a patch discriminator; no pretrained perceptual network exists
+offline, so the structural (SSIM, torchmetrics) term stands in for it and there is no adversarial term:
+reconstructions are a bit softer than SD's, which PSNR on held-out normal crops measures. After training, the
+latent ``scaling_factor`` is set to 1 / std of the training latents (SD: 0.18215), so the UNet sees
+unit-variance latents.
 """
 
 from __future__ import annotations
@@ -39,9 +39,15 @@ def build_vae(channels: tuple[int, ...], layers_per_block: int, latent_channels:
 
 
 def vae_loss(
-    vae: Any, images: torch.Tensor, generator: torch.Generator, ssim_weight: float, kl_weight: float
+    vae: Any,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    ssim_weight: float,
+    kl_weight: float,
+    l2_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch of images in [-1, 1]; the posterior is sampled from `generator`."""
+    """The training loss of one batch of images in [-1, 1]; the posterior is sampled from `generator`.
+    ``l2_weight`` adds the mean squared error (the loss PSNR measures) beside the L1."""
     import torch
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
@@ -49,9 +55,14 @@ def vae_loss(
     noise = torch.randn(posterior.mean.shape, generator=generator).to(images.device)
     z = posterior.mean + posterior.std * noise
     recon = vae.decode(z).sample
-    l1 = (recon.float() - images).abs().mean()
+    err = recon.float() - images
+    l1 = err.abs().mean()
     loss = l1
     parts = {"l1": float(l1.detach())}
+    if l2_weight > 0:
+        l2 = err.square().mean()
+        loss = loss + l2_weight * l2
+        parts["l2"] = float(l2.detach())
     if ssim_weight > 0:
         s = ssim(recon.float(), images, data_range=2.0)
         loss = loss + ssim_weight * (1 - s)
