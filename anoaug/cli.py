@@ -244,10 +244,11 @@ def demo_data_cmd(
 
     given = {"n_train_good": train_good, "n_test_good": test_good, "n_per_defect": per_defect, "size": size}
     counts: dict[str, int] = {k: v for k, v in given.items() if v is not None}  # unset: the maker's default
+    table: dict[str, tuple[str, ...]] = CATEGORIES  # defect types per category, for the lines below
     if photographic:
         from anoaug.data.photographic import PHOTO_CATEGORIES, make_photographic_dataset
 
-        CATEGORIES = PHOTO_CATEGORIES  # noqa: N806 - the category table the lines below print from
+        table = PHOTO_CATEGORIES
         written = make_photographic_dataset(
             out_dir, seed=seed, categories=category or None, overwrite=overwrite, **counts
         )
@@ -257,7 +258,7 @@ def demo_data_cmd(
         cat = out_dir / name
         train = len(list((cat / "train" / "good").glob("*.png")))
         test = len(list((cat / "test" / "good").glob("*.png")))
-        defects = ", ".join(f"{len(list((cat / 'test' / d).glob('*.png')))} {d}" for d in CATEGORIES[name])
+        defects = ", ".join(f"{len(list((cat / 'test' / d).glob('*.png')))} {d}" for d in table[name])
         line = f"[green]wrote[/green] [bold]{escape(name)}[/bold]: {train} train good, {test} test good"
         console.print(f"{line}, {defects}", highlight=False, soft_wrap=True)
     console.print(f"dataset root: {escape(str(out_dir))}", highlight=False, soft_wrap=True)
